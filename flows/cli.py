@@ -1,0 +1,138 @@
+"""`fsp`: the command line (contract section 3). Each subcommand is a thin front to a
+flow or a function; expected failures end with one line on stderr and exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from training.errors import FspError, InvalidInput
+from training.settings import Settings, get_settings
+
+
+def _prepare_environment(settings: Settings) -> None:
+    """Prefect's home and quiet defaults, set before Prefect is first imported."""
+    os.environ.setdefault("PREFECT_HOME", str(settings.state_dir / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+class _HideExpectedTracebacks(logging.Filter):
+    """Drop the traceback Prefect logs for an expected failure; the CLI prints its reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, FspError)
+
+
+def _quiet_expected_failures() -> None:
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_HideExpectedTracebacks())
+
+
+def _print(result: Any) -> None:
+    print(json.dumps(result, indent=2, default=str))
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> None:
+    from training.db import connection, upgrade
+
+    with connection(settings) as conn:
+        applied = upgrade(conn)
+    print(f"fsp schema: applied {', '.join(applied)}" if applied else "fsp schema: up to date")
+
+
+def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> None:
+    from flows.common import parse_moment
+    from training import demo_data
+    from training.db import connection
+
+    spec = demo_data.DemoSpec(
+        tutors=args.tutors, days=args.days, seed=args.seed, now=parse_moment(args.now)
+    )
+    frames = demo_data.generate(spec)
+    with connection(settings) as conn:
+        counts = demo_data.write(conn, frames)
+    _print({"now": spec.now.isoformat(), "rows": counts, **demo_data.summarize(frames, spec.now)})
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
+    from flows.train import train_flow
+
+    _print(train_flow(as_of=args.as_of))
+
+
+def cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
+    from training.registry import make_client, promote
+
+    if not args.version.isdigit():
+        raise InvalidInput(f"VERSION must be a registered version number, got {args.version!r}")
+    client = make_client(settings)
+    chosen = promote(
+        client, settings.model_name, args.version, reason="manual promotion (fsp promote)"
+    )
+    print(f"{settings.model_name} version {chosen.version} is now the champion")
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> None:
+    from training.registry import list_versions, make_client
+
+    _print(list_versions(make_client(settings), settings.model_name))
+
+
+Command = Callable[[argparse.Namespace, Settings], None]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fsp", description="First-session risk system")
+    sub = parser.add_subparsers(dest="command", required=True)
+    db = sub.add_parser("db", help="database schema").add_subparsers(
+        dest="db_command", required=True
+    )
+    db.add_parser("upgrade", help="create or upgrade the fsp schema").set_defaults(
+        run=cmd_db_upgrade
+    )
+    demo = sub.add_parser("demo-data", help="fill EMPTY platform tables with synthetic history")
+    demo.add_argument("--tutors", type=int, default=200)
+    demo.add_argument("--days", type=int, default=120)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--now", default=None, help="ISO 8601 with offset (default: the clock)")
+    demo.set_defaults(run=cmd_demo_data)
+    train = sub.add_parser("train", help="train as of a moment and run the promotion gate")
+    train.add_argument("--as-of", default=None, help="ISO 8601 with offset (default: the clock)")
+    train.set_defaults(run=cmd_train)
+    promote = sub.add_parser("promote", help="make a registered version the champion")
+    promote.add_argument("version")
+    promote.set_defaults(run=cmd_promote)
+    models = sub.add_parser("models", help="list registered versions, aliases and gate decisions")
+    models.set_defaults(run=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run, and turn an expected failure into one line on stderr and exit 1."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = get_settings()
+        _prepare_environment(settings)
+        _quiet_expected_failures()
+        run: Command = args.run
+        run(args, settings)
+    except FspError as exc:
+        print(f"fsp {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"fsp {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Every constant the system shares lives here, once: alias names, risk bands,
+subjects, feature names. Change a value here and every role follows."""
+
+from __future__ import annotations
+
+from typing import Final
+
+CHAMPION_ALIAS: Final = "champion"
+CHALLENGER_ALIAS: Final = "challenger"
+
+POOR_RATING_BELOW: Final = 3
+"""A first session rated strictly below this many stars is poor (the label)."""
+
+SUBJECTS: Final[tuple[str, ...]] = (
+    "algebra",
+    "geometry",
+    "calculus",
+    "statistics",
+    "physics",
+    "chemistry",
+    "biology",
+    "computer_science",
+    "english",
+    "writing",
+    "reading",
+    "spanish",
+    "french",
+    "history",
+    "sat_prep",
+    "music",
+)
+"""The platform's 16 subjects; anything else is encoded as 'unknown' (all zeros)."""
+
+RISK_BANDS: Final[tuple[tuple[str, float], ...]] = (
+    ("LOW", 0.0),
+    ("MEDIUM", 0.20),
+    ("HIGH", 0.40),
+    ("CRITICAL", 0.60),
+)
+"""(band, lower bound of risk_probability), ascending. Probabilities are calibrated,
+so the bands mean the same thing for every model version."""
+
+PRECISION_TARGET: Final = 0.60
+"""The seed's alert precision target: choose the alert threshold to reach it."""
+
+
+def risk_level(probability: float) -> str:
+    """The risk band of a calibrated probability."""
+    level = RISK_BANDS[0][0]
+    for name, lower in RISK_BANDS:
+        if probability >= lower:
+            level = name
+    return level
+
+
+def risk_score(probability: float) -> int:
+    """The 0-100 score shown to people: the probability in percent, rounded."""
+    return round(max(0.0, min(1.0, probability)) * 100)

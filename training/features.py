@@ -1,0 +1,310 @@
+"""Point-in-time features: the ONE definition used by training, batch scoring and the API.
+
+A session's features are computed *as of* a moment `t` (its start for a training
+example, `now` for an upcoming session) from rows that existed strictly before
+`t` (contract section 1). Every event carries the time it became known:
+
+| event                         | known at                          |
+| ----------------------------- | --------------------------------- |
+| a session's final status      | its end (start + duration)        |
+| a rating                      | `feedback.submitted_at`           |
+| an engagement score           | `tutor_engagement.as_of` (in force from then) |
+
+Event times are rounded *up* to the second and moments *down*, so an event in
+the same second as `t` is never counted: rounding can only hide, never leak.
+
+The model's raw input (one row per session) is `MODEL_INPUT_COLUMNS`; what each
+column means is in `FEATURE_DOCS`. Encoding (cyclical time, subject one-hot,
+log counts, scaling) happens inside the logged model (`training.encoding`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import psycopg
+
+from training.errors import UnknownTutor
+
+# Shrinkage priors: a tutor with little evidence is pulled toward the platform's
+# typical value; `k` is how many observations the prior is worth.
+PRIOR_AVG_RATING, K_AVG_RATING = 4.2, 5.0
+PRIOR_FIRST_SUCCESS, K_FIRST_SUCCESS = 0.83, 5.0
+PRIOR_RESCHEDULE, K_RESCHEDULE = 0.06, 10.0
+PRIOR_NO_SHOW, K_NO_SHOW = 0.02, 10.0
+PRIOR_ENGAGEMENT = 0.5
+
+FEATURE_DOCS: dict[str, str] = {
+    "tutor_tenure_days": "days since the tutor onboarded, at the moment",
+    "avg_rating": "mean rating of the tutor's non-first sessions submitted before the moment, "
+    f"shrunk toward {PRIOR_AVG_RATING} with weight {K_AVG_RATING}",
+    "n_ratings": "how many such ratings (the evidence behind avg_rating)",
+    "first_session_success_rate": "share of the tutor's rated first sessions rated 3+ stars, "
+    f"shrunk toward {PRIOR_FIRST_SUCCESS} with weight {K_FIRST_SUCCESS}",
+    "n_rated_first_sessions": "how many rated first sessions (the evidence behind it)",
+    "engagement_score": "the platform's engagement score in force (latest as_of <= moment); "
+    f"{PRIOR_ENGAGEMENT} when the tutor has none yet",
+    "reschedule_rate": "share of the tutor's ended sessions the tutor rescheduled, "
+    f"shrunk toward {PRIOR_RESCHEDULE} with weight {K_RESCHEDULE}",
+    "no_show_rate": "share of the tutor's ended sessions the tutor missed, "
+    f"shrunk toward {PRIOR_NO_SHOW} with weight {K_NO_SHOW}",
+    "session_count": "the tutor's sessions completed (ended) before the moment",
+    "local_hour": "start hour in the student's time zone, with minutes as a fraction",
+    "local_dow": "start weekday in the student's time zone (Monday = 0)",
+    "subject": "the session's subject (one of the 16; anything else is 'unknown')",
+    "student_age": "the student's age in whole years on the session's local date",
+}
+MODEL_INPUT_COLUMNS: tuple[str, ...] = tuple(FEATURE_DOCS)
+TUTOR_HISTORY_COLUMNS: tuple[str, ...] = MODEL_INPUT_COLUMNS[:9]
+_KEY_SCALE = np.int64(10_000_000_000)  # tutor code * scale + epoch seconds
+
+
+def _utc_index(values) -> pd.DatetimeIndex:
+    """Any sequence of instants as a tz-aware UTC DatetimeIndex."""
+    return pd.DatetimeIndex(pd.to_datetime(pd.Series(values).reset_index(drop=True), utc=True))
+
+
+def _ceil_seconds(values) -> np.ndarray:
+    """Epoch seconds, rounded up (an event counts only once its whole second has passed)."""
+    ns = _utc_index(values).asi8
+    return -((-ns) // 1_000_000_000)
+
+
+def _floor_seconds(values) -> np.ndarray:
+    """Epoch seconds, rounded down (a moment never reaches into its next second)."""
+    return _utc_index(values).asi8 // 1_000_000_000
+
+
+@dataclass
+class _EventIndex:
+    """Events of one kind, sorted by (tutor, time), with running sums of their values."""
+
+    keys: np.ndarray
+    sums: dict[str, np.ndarray]
+    values: dict[str, np.ndarray]
+
+    @classmethod
+    def build(cls, codes: np.ndarray, seconds: np.ndarray, values: dict[str, np.ndarray]):
+        keys = codes.astype(np.int64) * _KEY_SCALE + seconds.astype(np.int64)
+        order = np.argsort(keys, kind="stable")
+        ordered = {name: np.asarray(v, dtype=float)[order] for name, v in values.items()}
+        sums = {name: np.concatenate([[0.0], np.cumsum(v)]) for name, v in ordered.items()}
+        return cls(keys=keys[order], sums=sums, values=ordered)
+
+    def totals_before(self, codes: np.ndarray, seconds: np.ndarray) -> dict[str, np.ndarray]:
+        """Per query: sum of each value over the tutor's events strictly before the moment."""
+        lo = np.searchsorted(self.keys, codes * _KEY_SCALE, side="left")
+        hi = np.searchsorted(self.keys, codes * _KEY_SCALE + seconds, side="left")
+        return {name: s[hi] - s[lo] for name, s in self.sums.items()}
+
+    def latest_at_or_before(self, codes: np.ndarray, seconds: np.ndarray, name: str):
+        """Per query: the value of the tutor's latest event at or before the moment, or NaN."""
+        lo = np.searchsorted(self.keys, codes * _KEY_SCALE, side="left")
+        hi = np.searchsorted(self.keys, codes * _KEY_SCALE + seconds, side="right")
+        found = hi > lo
+        out = np.full(len(codes), np.nan)
+        out[found] = self.values[name][hi[found] - 1]
+        return out
+
+
+@dataclass
+class TutorHistory:
+    """Everything known about tutors up to `known_until`, indexed for point-in-time queries.
+
+    Built once (from the database or from frames) and queried for many
+    (tutor, moment) pairs at once; a moment after `known_until` sees only what
+    was known at `known_until`."""
+
+    tutor_codes: dict[str, int]
+    onboarded_seconds: np.ndarray
+    sessions: _EventIndex
+    ratings: _EventIndex
+    engagement: _EventIndex
+    known_until: datetime | None = None
+
+    @classmethod
+    def from_frames(
+        cls,
+        tutors: pd.DataFrame,
+        sessions: pd.DataFrame,
+        feedback: pd.DataFrame,
+        engagement: pd.DataFrame,
+        known_until: datetime | None = None,
+    ) -> TutorHistory:
+        """`sessions`: tutor_id, scheduled_start, duration_minutes, status, is_first_session;
+        `feedback`: tutor_id, is_first_session, rating, submitted_at;
+        `engagement`: tutor_id, as_of, score."""
+        codes = {t: i for i, t in enumerate(tutors["tutor_id"].tolist())}
+        return cls(
+            tutor_codes=codes,
+            onboarded_seconds=_floor_seconds(tutors["onboarded_at"]),
+            sessions=_session_index(codes, sessions),
+            ratings=_rating_index(codes, feedback),
+            engagement=_EventIndex.build(
+                _codes(codes, engagement["tutor_id"]),
+                _ceil_seconds(engagement["as_of"]),
+                {"score": engagement["score"].to_numpy()},
+            ),
+            known_until=known_until,
+        )
+
+    def knows(self, tutor_id: str) -> bool:
+        """True when the tutor exists in the platform data."""
+        return tutor_id in self.tutor_codes
+
+    def features(self, tutor_ids, moments) -> pd.DataFrame:
+        """Tutor-history features (TUTOR_HISTORY_COLUMNS) for each (tutor, moment) pair."""
+        codes = _codes(self.tutor_codes, pd.Series(tutor_ids))
+        if (codes < 0).any():
+            unknown = pd.Series(tutor_ids)[codes < 0].iloc[0]
+            raise UnknownTutor(f"unknown tutor_id {unknown!r}")
+        seconds = _floor_seconds(moments)
+        if self.known_until is not None:
+            seconds = np.minimum(seconds, _floor_seconds([self.known_until])[0])
+        return _history_columns(self, codes, seconds)
+
+
+def _codes(mapping: dict[str, int], tutor_ids) -> np.ndarray:
+    return pd.Series(tutor_ids).map(mapping).fillna(-1).to_numpy(dtype=np.int64)
+
+
+def _session_index(codes: dict[str, int], sessions: pd.DataFrame) -> _EventIndex:
+    start = pd.to_datetime(sessions["scheduled_start"], utc=True)
+    end = start + pd.to_timedelta(sessions["duration_minutes"].to_numpy(), unit="m")
+    status = sessions["status"].to_numpy()
+    return _EventIndex.build(
+        _codes(codes, sessions["tutor_id"]),
+        _ceil_seconds(end),
+        {
+            "completed": status == "completed",
+            "rescheduled": status == "rescheduled",
+            "no_show": status == "no_show",
+        },
+    )
+
+
+def _rating_index(codes: dict[str, int], feedback: pd.DataFrame) -> _EventIndex:
+    first = feedback["is_first_session"].to_numpy(dtype=bool)
+    rating = feedback["rating"].to_numpy(dtype=float)
+    return _EventIndex.build(
+        _codes(codes, feedback["tutor_id"]),
+        _ceil_seconds(feedback["submitted_at"]),
+        {
+            "later_count": ~first,
+            "later_sum": np.where(first, 0.0, rating),
+            "first_count": first,
+            "first_good": first & (rating >= 3),
+        },
+    )
+
+
+def _shrunk(hits: np.ndarray, n: np.ndarray, prior: float, k: float) -> np.ndarray:
+    return (hits + k * prior) / (n + k)
+
+
+def _history_columns(history: TutorHistory, codes: np.ndarray, seconds: np.ndarray):
+    s = history.sessions.totals_before(codes, seconds)
+    r = history.ratings.totals_before(codes, seconds)
+    engagement = history.engagement.latest_at_or_before(codes, seconds, "score")
+    ended = s["completed"] + s["rescheduled"] + s["no_show"]
+    tenure = (seconds - history.onboarded_seconds[codes]) / 86400.0
+    return pd.DataFrame(
+        {
+            "tutor_tenure_days": np.maximum(tenure, 0.0),
+            "avg_rating": _shrunk(r["later_sum"], r["later_count"], PRIOR_AVG_RATING, K_AVG_RATING),
+            "n_ratings": r["later_count"],
+            "first_session_success_rate": _shrunk(
+                r["first_good"], r["first_count"], PRIOR_FIRST_SUCCESS, K_FIRST_SUCCESS
+            ),
+            "n_rated_first_sessions": r["first_count"],
+            "engagement_score": np.where(np.isnan(engagement), PRIOR_ENGAGEMENT, engagement),
+            "reschedule_rate": _shrunk(s["rescheduled"], ended, PRIOR_RESCHEDULE, K_RESCHEDULE),
+            "no_show_rate": _shrunk(s["no_show"], ended, PRIOR_NO_SHOW, K_NO_SHOW),
+            "session_count": s["completed"],
+        }
+    )
+
+
+def _in_zones(starts: pd.DatetimeIndex, timezones) -> list[tuple[np.ndarray, pd.DatetimeIndex]]:
+    """(row mask, local times) per time zone: DST follows each student's zone."""
+    zones = pd.Series(timezones).reset_index(drop=True).astype(str)
+    return [
+        ((zones == zone).to_numpy(), starts[(zones == zone).to_numpy()].tz_convert(zone))
+        for zone in zones.unique()
+    ]
+
+
+def local_time_features(scheduled_start, timezones) -> pd.DataFrame:
+    """local_hour (fractional) and local_dow of each start in its student's time zone."""
+    starts = _utc_index(scheduled_start)
+    hour = np.empty(len(starts))
+    dow = np.empty(len(starts))
+    for mask, local in _in_zones(starts, timezones):
+        hour[mask] = local.hour + local.minute / 60.0
+        dow[mask] = local.dayofweek
+    return pd.DataFrame({"local_hour": hour, "local_dow": dow})
+
+
+def age_on(birth_dates, scheduled_start, timezones) -> np.ndarray:
+    """Whole years between birth date and the session's local date."""
+    starts = _utc_index(scheduled_start)
+    year = np.empty(len(starts))
+    month_day = np.empty(len(starts))
+    for mask, local in _in_zones(starts, timezones):
+        year[mask] = local.year
+        month_day[mask] = local.month * 100 + local.day
+    birth = pd.DatetimeIndex(pd.to_datetime(pd.Series(birth_dates).reset_index(drop=True)))
+    before_birthday = month_day < (birth.month * 100 + birth.day).to_numpy()
+    return year - birth.year.to_numpy() - before_birthday
+
+
+def build_model_input(history: TutorHistory, sessions: pd.DataFrame, moments) -> pd.DataFrame:
+    """The model's raw input for sessions, each as of its moment.
+
+    `sessions` has tutor_id, subject, scheduled_start, timezone and either
+    student_age or birth_date."""
+    sessions = sessions.reset_index(drop=True)
+    tutor = history.features(sessions["tutor_id"], moments)
+    local = local_time_features(sessions["scheduled_start"], sessions["timezone"])
+    if "student_age" in sessions:
+        age = sessions["student_age"].to_numpy(dtype=float)
+    else:
+        age = age_on(sessions["birth_date"], sessions["scheduled_start"], sessions["timezone"])
+    frame = pd.concat([tutor, local], axis=1)
+    frame["subject"] = sessions["subject"].astype(str).to_numpy()
+    frame["student_age"] = age
+    return frame[list(MODEL_INPUT_COLUMNS)]
+
+
+_HISTORY_QUERIES = {
+    "tutors": "SELECT tutor_id, onboarded_at FROM platform.tutors ORDER BY tutor_id",
+    "sessions": "SELECT tutor_id, scheduled_start, duration_minutes, status, is_first_session"
+    " FROM platform.sessions WHERE scheduled_start < %(t)s"
+    " AND status IN ('completed', 'rescheduled', 'no_show')",
+    "feedback": "SELECT s.tutor_id, s.is_first_session, f.rating, f.submitted_at"
+    " FROM platform.feedback f JOIN platform.sessions s USING (session_id)"
+    " WHERE f.submitted_at < %(t)s",
+    "engagement": "SELECT tutor_id, as_of, score FROM platform.tutor_engagement"
+    " WHERE as_of <= %(t)s",
+}
+
+
+def read_frame(conn: psycopg.Connection, sql: str, params: dict | None = None) -> pd.DataFrame:
+    """A query's rows as a DataFrame (column names from the cursor)."""
+    with conn.cursor() as cur:
+        cur.execute(sql, params)  # type: ignore[arg-type]
+        columns = [d.name for d in cur.description or []]
+        return pd.DataFrame(cur.fetchall(), columns=columns)
+
+
+def load_history(conn: psycopg.Connection, known_until: datetime) -> TutorHistory:
+    """Read the platform's tutor history as it stood at `known_until`."""
+    frames = {
+        name: read_frame(conn, sql, {"t": known_until}) for name, sql in _HISTORY_QUERIES.items()
+    }
+    return TutorHistory.from_frames(
+        frames["tutors"], frames["sessions"], frames["feedback"], frames["engagement"], known_until
+    )

@@ -1,0 +1,142 @@
+"""Candidate models, the time-ordered split, threshold choice and evaluation.
+
+Every candidate maps the raw context (training.features.MODEL_INPUT_COLUMNS) to
+a calibrated probability of a poor first session: encoder + classifier, then
+Platt/isotonic calibration fitted on out-of-fold scores (ensemble=False keeps a
+single fitted classifier, so a linear model's contributions stay exact)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    brier_score_loss,
+    confusion_matrix,
+    f1_score,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import Pipeline
+
+from training.constants import PRECISION_TARGET
+from training.encoding import RiskFeatureEncoder
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model family: its name, how simple it is (lower wins ties) and how to build it."""
+
+    name: str
+    simplicity_rank: int
+    calibration: str
+    build: Callable[[int], Pipeline]
+
+
+def _logistic(seed: int) -> Pipeline:
+    clf = LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed)
+    return Pipeline([("encode", RiskFeatureEncoder()), ("clf", clf)])
+
+
+def _boosting(seed: int) -> Pipeline:
+    clf = HistGradientBoostingClassifier(
+        max_iter=200,
+        learning_rate=0.05,
+        max_leaf_nodes=15,
+        l2_regularization=1.0,
+        min_samples_leaf=40,
+        random_state=seed,
+    )
+    return Pipeline([("encode", RiskFeatureEncoder()), ("clf", clf)])
+
+
+CANDIDATES: tuple[Candidate, ...] = (
+    Candidate("logistic_regression", 0, "sigmoid", _logistic),
+    Candidate("gradient_boosting", 1, "isotonic", _boosting),
+)
+
+
+def calibrated(candidate: Candidate, seed: int) -> CalibratedClassifierCV:
+    """The candidate wrapped in out-of-fold calibration with a single final fit."""
+    return CalibratedClassifierCV(
+        candidate.build(seed), method=candidate.calibration, cv=3, ensemble=False
+    )
+
+
+def time_split(starts: pd.Series, cutoff, holdout_days: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (train, holdout): the holdout is the last `holdout_days` before cutoff."""
+    boundary = pd.Timestamp(cutoff) - pd.Timedelta(days=holdout_days)
+    holdout = (starts >= boundary).to_numpy()
+    return ~holdout, holdout
+
+
+def cross_validated_auc(candidate: Candidate, X, y, folds: int, seed: int) -> np.ndarray:
+    """Stratified k-fold AUC of the uncalibrated candidate on the training part."""
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    scores = []
+    for fit_idx, val_idx in splitter.split(X, y):
+        model = candidate.build(seed).fit(X.iloc[fit_idx], y[fit_idx])
+        scores.append(roc_auc_score(y[val_idx], model.predict_proba(X.iloc[val_idx])[:, 1]))
+    return np.array(scores)
+
+
+def choose_threshold(
+    y: np.ndarray, p: np.ndarray, target: float = PRECISION_TARGET, min_alerts: int = 10
+) -> tuple[float, str]:
+    """The lowest threshold whose holdout precision reaches `target` with at least
+    `min_alerts` alerts (most recall at the seed's precision); else the F1-best one.
+    Returns (threshold, rule) with rule 'precision>=0.60' or 'f1_best'."""
+    precision, recall, thresholds = precision_recall_curve(y, p)
+    precision, recall = precision[:-1], recall[:-1]
+    alerts = len(p) - np.searchsorted(np.sort(p), thresholds, side="left")
+    ok = (precision >= target) & (alerts >= min_alerts)
+    if ok.any():
+        return float(thresholds[np.argmax(ok)]), f"precision>={target:.2f}"
+    f1 = 2 * precision * recall / np.clip(precision + recall, 1e-12, None)
+    return float(thresholds[int(np.argmax(f1))]), "f1_best"
+
+
+def evaluate(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    """The metrics logged for every model and every monitoring window."""
+    predicted = (p >= threshold).astype(int)
+    two_classes = len(np.unique(y)) == 2
+    tn, fp, fn, tp = confusion_matrix(y, predicted, labels=[0, 1]).ravel()
+    return {
+        "auc_roc": float(roc_auc_score(y, p)) if two_classes else float("nan"),
+        "pr_auc": float(average_precision_score(y, p)) if two_classes else float("nan"),
+        "precision": float(precision_score(y, predicted, zero_division=0)),
+        "recall": float(recall_score(y, predicted, zero_division=0)),
+        "f1": float(f1_score(y, predicted, zero_division=0)),
+        "accuracy": float(accuracy_score(y, predicted)),
+        "brier": float(brier_score_loss(y, p)),
+        "tn": float(tn),
+        "fp": float(fp),
+        "fn": float(fn),
+        "tp": float(tp),
+        "sample_size": float(len(y)),
+        "positive_rate": float(np.mean(y)) if len(y) else float("nan"),
+    }
+
+
+def pick_best(results: dict[str, float], tolerance: float) -> str:
+    """Highest holdout AUC wins; within `tolerance` of it, the simplest candidate."""
+    best = max(results.values())
+    close = [c for c in CANDIDATES if c.name in results and results[c.name] >= best - tolerance]
+    return min(close, key=lambda c: c.simplicity_rank).name
+
+
+def positive_proba(model, X: pd.DataFrame) -> np.ndarray:
+    """P(poor first session) from a fitted model, sklearn or pyfunc."""
+    out = model.predict_proba(X) if hasattr(model, "predict_proba") else model.predict(X)
+    out = np.asarray(out)
+    return out[:, 1] if out.ndim == 2 else out

@@ -1,0 +1,70 @@
+"""The one settings object: read from the environment, frozen, built on demand.
+
+Nothing here connects to anything; `get_settings()` only reads variables.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Configuration of every role (contract section 3). Unset services fall back to
+    embedded ones kept under `state_dir`."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    mlflow_tracking_uri: str | None = Field(default=None, alias="MLFLOW_TRACKING_URI")
+    state_dir: Path = Field(default=PROJECT_ROOT / ".fsp", alias="FSP_STATE_DIR")
+
+    model_name: str = Field(default="first-session-risk", alias="FSP_MODEL_NAME")
+    experiment_name: str = Field(default="first-session-risk", alias="FSP_EXPERIMENT")
+    holdout_days: int = Field(default=28, ge=1, alias="FSP_HOLDOUT_DAYS")
+    cv_folds: int = Field(default=5, ge=2, alias="FSP_CV_FOLDS")
+    min_training_sessions: int = Field(default=200, ge=10, alias="FSP_MIN_TRAINING_SESSIONS")
+    min_holdout_sessions: int = Field(default=50, ge=10, alias="FSP_MIN_HOLDOUT_SESSIONS")
+    promotion_margin: float = Field(default=0.005, ge=0, alias="FSP_PROMOTION_MARGIN")
+    tie_tolerance: float = Field(default=0.005, ge=0, alias="FSP_TIE_TOLERANCE")
+    random_seed: int = Field(default=42, alias="FSP_SEED")
+
+    smtp_host: str | None = Field(default=None, alias="SMTP_HOST")
+    smtp_port: int = Field(default=25, alias="SMTP_PORT")
+    smtp_user: str | None = Field(default=None, alias="SMTP_USER")
+    smtp_password: str | None = Field(default=None, alias="SMTP_PASSWORD")
+    smtp_use_tls: bool = Field(default=False, alias="SMTP_USE_TLS")
+    smtp_from_email: str = Field(default="risk-alerts@tutoring.example", alias="SMTP_FROM_EMAIL")
+
+    @property
+    def pg_dir(self) -> Path:
+        """Where the embedded PostgreSQL keeps its data."""
+        return self.state_dir / "pg"
+
+    @property
+    def outbox_dir(self) -> Path:
+        """Where emails go as .eml files when no SMTP relay is configured."""
+        return self.state_dir / "outbox"
+
+    @property
+    def resolved_mlflow_uri(self) -> str:
+        """The MLflow store: the configured one, else SQLite under the state folder."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{self.state_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> str:
+        """Artifact location used when the embedded store creates the experiment."""
+        return (self.state_dir / "mlartifacts").as_uri()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

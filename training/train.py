@@ -1,0 +1,242 @@
+"""Training, as importable steps: fit the candidates, choose one, log it to MLflow,
+register it and pass it through the promotion gate. `flows/train.py` strings these
+together as a Prefect flow."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.models import infer_signature
+
+from training.constants import PRECISION_TARGET, RISK_BANDS
+from training.dataset import TrainingSet
+from training.encoding import encoded_names
+from training.errors import NotEnoughData
+from training.features import FEATURE_DOCS
+from training.model import (
+    Candidate,
+    calibrated,
+    choose_threshold,
+    cross_validated_auc,
+    evaluate,
+    pick_best,
+    positive_proba,
+    time_split,
+)
+from training.plots import save_evaluation_plots
+from training.registry import (
+    PIP_REQUIREMENTS,
+    bands_tag,
+    ensure_experiment,
+    git_commit,
+    skops_trusted_types,
+)
+from training.settings import Settings
+
+
+@dataclass
+class FittedCandidate:
+    """One candidate's fitted model and how it did."""
+
+    candidate: Candidate
+    model: object
+    cv_auc: np.ndarray
+    holdout_p: np.ndarray
+    holdout_auc: float
+
+
+@dataclass(frozen=True)
+class Split:
+    """The time-ordered split of a training set."""
+
+    train: np.ndarray
+    holdout: np.ndarray
+
+
+def split_training_set(ts: TrainingSet, settings: Settings) -> Split:
+    """Holdout = the most recent weeks; refuse when either side is too small to trust."""
+    train, holdout = time_split(ts.starts, ts.cutoff, settings.holdout_days)
+    n_train, n_hold = int(train.sum()), int(holdout.sum())
+    if n_train < settings.min_training_sessions or n_hold < settings.min_holdout_sessions:
+        raise NotEnoughData(
+            f"too few labelled first sessions before {ts.cutoff.isoformat()}: {n_train} to train"
+            f" (need {settings.min_training_sessions}), {n_hold} in the {settings.holdout_days}-day"
+            f" holdout (need {settings.min_holdout_sessions})"
+        )
+    for side, mask in (("training", train), ("holdout", holdout)):
+        if len(np.unique(ts.y[mask])) < 2:
+            raise NotEnoughData(f"the {side} part has only one class; cannot train or judge")
+    return Split(train=train, holdout=holdout)
+
+
+def fit_candidate(candidate: Candidate, ts: TrainingSet, split: Split, settings: Settings):
+    """CV on the training part, then a calibrated fit scored on the holdout."""
+    from sklearn.metrics import roc_auc_score
+
+    X_train, y_train = ts.X[split.train], ts.y[split.train]
+    cv = cross_validated_auc(candidate, X_train, y_train, settings.cv_folds, settings.random_seed)
+    model = calibrated(candidate, settings.random_seed).fit(X_train, y_train)
+    p = positive_proba(model, ts.X[split.holdout])
+    auc = float(roc_auc_score(ts.y[split.holdout], p))
+    return FittedCandidate(candidate, model, cv, p, auc)
+
+
+def choose(fitted: list[FittedCandidate], settings: Settings) -> FittedCandidate:
+    """Best holdout AUC, ties (within the configured tolerance) to the simpler model."""
+    name = pick_best({f.candidate.name: f.holdout_auc for f in fitted}, settings.tie_tolerance)
+    return next(f for f in fitted if f.candidate.name == name)
+
+
+def explain_weights(best: FittedCandidate, ts: TrainingSet, split: Split) -> pd.DataFrame:
+    """Coefficients (linear) or permutation importances (others), for the run's artifacts."""
+    inner = best.model.calibrated_classifiers_[0].estimator  # type: ignore[attr-defined]
+    clf = inner.named_steps["clf"]
+    if hasattr(clf, "coef_"):
+        return pd.DataFrame({"feature": encoded_names(), "coefficient": clf.coef_[0]})
+    from sklearn.inspection import permutation_importance
+
+    result = permutation_importance(
+        best.model,
+        ts.X[split.holdout],
+        ts.y[split.holdout],
+        scoring="roc_auc",
+        n_repeats=3,
+        random_state=0,
+    )
+    return pd.DataFrame({"feature": list(ts.X.columns), "importance": result.importances_mean})
+
+
+def _log_candidate_child(f: FittedCandidate) -> None:
+    with mlflow.start_run(run_name=f.candidate.name, nested=True):
+        mlflow.log_params({"candidate": f.candidate.name, "calibration": f.candidate.calibration})
+        mlflow.log_metrics(
+            {
+                "holdout_auc_roc": f.holdout_auc,
+                "cv_auc_mean": float(f.cv_auc.mean()),
+                "cv_auc_sd": float(f.cv_auc.std()),
+            }
+        )
+
+
+def _log_artifacts(best: FittedCandidate, ts: TrainingSet, split: Split, threshold: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        y_hold = ts.y[split.holdout]
+        save_evaluation_plots(y_hold, best.holdout_p, threshold, folder / "plots")
+        explain_weights(best, ts, split).to_csv(folder / "weights.csv", index=False)
+        (folder / "features.json").write_text(json.dumps(FEATURE_DOCS, indent=2))
+        mlflow.log_artifacts(str(folder / "plots"), artifact_path="plots")
+        mlflow.log_artifact(str(folder / "weights.csv"))
+        mlflow.log_artifact(str(folder / "features.json"))
+
+
+def log_and_register(
+    client: MlflowClient,
+    settings: Settings,
+    ts: TrainingSet,
+    split: Split,
+    fitted: list[FittedCandidate],
+    best: FittedCandidate,
+) -> tuple[ModelVersion, dict[str, float], float, str]:
+    """One parent run (the chosen model, its metrics, plots, lineage) with a child run
+    per candidate; the model is registered and its version tagged.
+    Returns (version, holdout metrics, threshold, threshold rule)."""
+    y_hold = ts.y[split.holdout]
+    threshold, rule = choose_threshold(y_hold, best.holdout_p, PRECISION_TARGET)
+    metrics = evaluate(y_hold, best.holdout_p, threshold)
+    window = ts.window
+    mlflow.set_experiment(experiment_id=ensure_experiment(client, settings))
+    with mlflow.start_run(run_name=f"train {ts.cutoff.isoformat()}") as run:
+        for f in fitted:
+            _log_candidate_child(f)
+        mlflow.set_tags(
+            {
+                "training_window_start": window[0],
+                "training_window_end": window[1],
+                "cutoff": ts.cutoff.isoformat(),
+                "data_fingerprint": ts.fingerprint,
+                "git_commit": git_commit(),
+                "chosen_model": best.candidate.name,
+            }
+        )
+        mlflow.log_params(
+            {
+                "model_type": best.candidate.name,
+                "calibration": best.candidate.calibration,
+                "holdout_days": settings.holdout_days,
+                "cv_folds": settings.cv_folds,
+                "n_train": int(split.train.sum()),
+                "n_holdout": int(split.holdout.sum()),
+                "seed": settings.random_seed,
+                "alert_threshold": threshold,
+                "threshold_rule": rule,
+            }
+        )
+        mlflow.log_metrics(
+            {
+                **{f"holdout_{k}": v for k, v in metrics.items() if np.isfinite(v)},
+                "cv_auc_mean": float(best.cv_auc.mean()),
+                "cv_auc_sd": float(best.cv_auc.std()),
+            }
+        )
+        mlflow.log_dict({k: metrics[k] for k in ("tn", "fp", "fn", "tp")}, "confusion_matrix.json")
+        _log_artifacts(best, ts, split, threshold)
+        info = _log_model(best, ts, settings)
+    version = client.get_model_version(settings.model_name, str(info.registered_model_version))
+    _tag_version(client, settings, version, run.info.run_id, ts, best, metrics, threshold, rule)
+    return version, metrics, threshold, rule
+
+
+def _log_model(best: FittedCandidate, ts: TrainingSet, settings: Settings):
+    example = ts.X.head(5)
+    proba = best.model.predict_proba(example)  # type: ignore[attr-defined]
+    return mlflow.sklearn.log_model(
+        sk_model=best.model,
+        name="model",
+        signature=infer_signature(example, proba),
+        input_example=example,
+        pip_requirements=list(PIP_REQUIREMENTS),
+        pyfunc_predict_fn="predict_proba",
+        serialization_format="skops",
+        skops_trusted_types=skops_trusted_types(best.model),
+        registered_model_name=settings.model_name,
+    )
+
+
+def _tag_version(
+    client: MlflowClient,
+    settings: Settings,
+    version: ModelVersion,
+    run_id: str,
+    ts: TrainingSet,
+    best: FittedCandidate,
+    metrics: dict[str, float],
+    threshold: float,
+    rule: str,
+) -> None:
+    tags = {
+        "alert_threshold": f"{threshold:.6f}",
+        "threshold_rule": rule,
+        "risk_bands": bands_tag(),
+        "model_type": best.candidate.name,
+        "training_window": " .. ".join(ts.window),
+        "cutoff": ts.cutoff.isoformat(),
+        "data_fingerprint": ts.fingerprint,
+        "run_id": run_id,
+        **{f"holdout_{k}": f"{metrics[k]:.6f}" for k in ("auc_roc", "precision", "recall", "f1")},
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(settings.model_name, version.version, key, value)
+
+
+def describe_bands() -> str:
+    """The bands in words, for CLI output."""
+    return ", ".join(f"{name} >= {lower:.2f}" for name, lower in RISK_BANDS)
