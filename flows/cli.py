@@ -87,6 +87,48 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> None:
     _print(list_versions(make_client(settings), settings.model_name))
 
 
+def cmd_package(args: argparse.Namespace, settings: Settings) -> None:
+    from service.packaging import package_champion
+
+    _print(package_champion(settings))
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    from service.packaging import serve_packaged
+
+    serve_packaged(settings, port=args.port)
+
+
+def cmd_score(args: argparse.Namespace, settings: Settings) -> None:
+    from flows.score import score_flow
+
+    _print(score_flow(now=args.now, lookahead_hours=args.lookahead_hours))
+
+
+def cmd_alerts(args: argparse.Namespace, settings: Settings) -> None:
+    from flows.alerts import alerts_flow
+
+    _print(alerts_flow(now=args.now))
+
+
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> None:
+    from flows.reconcile import reconcile_flow
+
+    _print(reconcile_flow(now=args.now))
+
+
+def cmd_monitor(args: argparse.Namespace, settings: Settings) -> None:
+    from flows.monitor import monitor_flow
+
+    _print(monitor_flow(now=args.now, window_days=args.window_days))
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
+    from flows.demo import run_demo
+
+    run_demo(settings)
+
+
 Command = Callable[[argparse.Namespace, Settings], None]
 
 
@@ -113,7 +155,34 @@ def _parser() -> argparse.ArgumentParser:
     promote.set_defaults(run=cmd_promote)
     models = sub.add_parser("models", help="list registered versions, aliases and gate decisions")
     models.set_defaults(run=cmd_models)
+    sub.add_parser("package", help="build the Bento of the current champion").set_defaults(
+        run=cmd_package
+    )
+    serve = sub.add_parser("serve", help="serve the packaged champion over HTTP")
+    serve.add_argument("--port", type=int, default=3000)
+    serve.set_defaults(run=cmd_serve)
+    score = sub.add_parser("score", help="score scheduled first sessions in (now, now+H]")
+    _add_now(score)
+    score.add_argument("--lookahead-hours", type=float, default=24.0)
+    score.set_defaults(run=cmd_score)
+    alerts = sub.add_parser("alerts", help="email tutors of high-risk sessions not yet alerted")
+    _add_now(alerts)
+    alerts.set_defaults(run=cmd_alerts)
+    reconcile = sub.add_parser("reconcile", help="join predictions with arrived ratings")
+    _add_now(reconcile)
+    reconcile.set_defaults(run=cmd_reconcile)
+    monitor = sub.add_parser("monitor", help="performance log, drift report, retrain if warranted")
+    _add_now(monitor)
+    monitor.add_argument("--window-days", type=int, default=30)
+    monitor.set_defaults(run=cmd_monitor)
+    sub.add_parser(
+        "demo", help="the whole system end to end on the embedded defaults"
+    ).set_defaults(run=cmd_demo)
     return parser
+
+
+def _add_now(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--now", default=None, help="ISO 8601 with offset (default: the clock)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

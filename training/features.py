@@ -308,3 +308,21 @@ def load_history(conn: psycopg.Connection, known_until: datetime) -> TutorHistor
     return TutorHistory.from_frames(
         frames["tutors"], frames["sessions"], frames["feedback"], frames["engagement"], known_until
     )
+
+
+FACTOR_LABELS: dict[str, str] = {
+    "tutor_tenure_days": "time since the tutor joined",
+    "avg_rating": "the tutor's ratings from returning students",
+    "n_ratings": "how many ratings the tutor has",
+    "first_session_success_rate": "how the tutor's past first sessions went",
+    "n_rated_first_sessions": "how many rated first sessions the tutor has had",
+    "engagement_score": "the tutor's engagement on the platform",
+    "reschedule_rate": "how often the tutor reschedules",
+    "no_show_rate": "how often the tutor misses sessions",
+    "session_count": "how many sessions the tutor has taught",
+    "local_hour": "the time of day for the student",
+    "local_dow": "the day of the week",
+    "subject": "the subject",
+    "student_age": "the student's age",
+}
+"""Plain words for each feature, for API reasons and tutor emails."""

@@ -1,0 +1,135 @@
+"""Shared fixtures: real PostgreSQL databases, a real MLflow store in a temp folder,
+Prefect's test harness. Nothing here is mocked.
+
+PostgreSQL: with `DATABASE_URL` set (CI: the machine's server at 127.0.0.1:5432)
+every test database is created on that server; otherwise on an embedded
+PostgreSQL (pgserver) kept under `.fsp/test-pg`."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="fsp-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+
+from training.settings import PROJECT_ROOT, get_settings  # noqa: E402
+
+SERVER_URL = os.environ.get("DATABASE_URL")
+DEMO_NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+def server_url() -> str:
+    """A URL of a PostgreSQL server on which tests may create databases."""
+    if SERVER_URL:
+        return SERVER_URL
+    from training.db import _embedded_url
+
+    return _embedded_url(PROJECT_ROOT / ".fsp" / "test-pg")
+
+
+def _with_dbname(url: str, dbname: str) -> str:
+    params = conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return make_conninfo("", **params)
+
+
+def create_database(server: str) -> str:
+    """A new empty database on the server; returns its URL."""
+    name = f"fsp_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return _with_dbname(server, name)
+
+
+def drop_database(server: str, url: str) -> None:
+    name = conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_db(server_url: str) -> Iterator[str]:
+    """A fresh, empty database for one test."""
+    url = create_database(server_url)
+    yield url
+    drop_database(server_url, url)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness() -> Iterator[None]:
+    """One Prefect test API for the whole session (starting one costs seconds)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def configure_env(mp: pytest.MonkeyPatch, database_url: str, state_dir: Path) -> None:
+    """Point the settings object at a test database and a temporary MLflow store."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    mp.setenv("DATABASE_URL", database_url)
+    mp.setenv("FSP_STATE_DIR", str(state_dir))
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{state_dir / 'mlflow.db'}")
+    mp.setenv("FSP_MIN_TRAINING_SESSIONS", "200")
+    mp.setenv("FSP_MIN_HOLDOUT_SESSIONS", "50")
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def fsp_env(empty_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Settings pointed at a fresh database and a fresh MLflow store; yields the DB URL."""
+    configure_env(monkeypatch, empty_db, tmp_path / "state")
+    yield empty_db
+    get_settings.cache_clear()
+
+
+def seed_demo(url: str, tutors: int = 150, days: int = 120, seed: int = 3) -> dict[str, int]:
+    """Schema + demo history ending at DEMO_NOW in the database at `url`."""
+    from training import demo_data
+    from training.db import connect, upgrade
+
+    with connect(url) as conn:
+        upgrade(conn)
+        frames = demo_data.generate(demo_data.DemoSpec(tutors, days, seed, DEMO_NOW))
+        return demo_data.write(conn, frames)
+
+
+@pytest.fixture(scope="session")
+def trained_world(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A seeded database with a trained champion, shared read-only by many tests.
+
+    Yields {'database_url', 'state_dir'}; tests that use it must not write to it
+    (use `world_env` to point the settings at it)."""
+    url = create_database(server_url)
+    state = tmp_path_factory.mktemp("world-state")
+    seed_demo(url)
+    mp = pytest.MonkeyPatch()
+    configure_env(mp, url, state)
+    from flows.train import train_flow
+
+    summary = train_flow(as_of=DEMO_NOW.isoformat())
+    mp.undo()
+    get_settings.cache_clear()
+    yield {"database_url": url, "state_dir": state, "train": summary}
+    drop_database(server_url, url)
+
+
+@pytest.fixture
+def world_env(trained_world: dict, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
+    """Settings pointed at the shared trained world."""
+    configure_env(monkeypatch, trained_world["database_url"], trained_world["state_dir"])
+    yield trained_world
+    get_settings.cache_clear()

@@ -1,0 +1,113 @@
+"""Stored predictions (fsp.first_session_predictions): the upcoming sessions to score,
+and the idempotent bulk upsert shared by the scoring flow and the API.
+
+An upsert never touches the alert or outcome columns, so re-scoring a session
+that was already alerted can never cause a second email; a re-run with the same
+values changes nothing at all (not even updated_at)."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime, timedelta
+
+import pandas as pd
+import psycopg
+
+from training.features import TutorHistory, build_model_input, read_frame
+
+UPCOMING_FIRST_SESSIONS = """
+SELECT s.session_id, s.tutor_id, s.student_id, s.subject, s.scheduled_start,
+       st.timezone, st.birth_date
+FROM platform.sessions s JOIN platform.students st USING (student_id)
+WHERE s.is_first_session AND s.status = 'scheduled'
+  AND s.scheduled_start > %(now)s AND s.scheduled_start <= %(until)s
+  AND s.created_at <= %(now)s
+ORDER BY s.scheduled_start, s.session_id
+"""
+
+STORED_COLUMNS = (
+    "session_id",
+    "tutor_id",
+    "student_id",
+    "scheduled_start",
+    "subject",
+    "prediction_date",
+    "risk_probability",
+    "risk_score",
+    "risk_level",
+    "risk_prediction",
+    "alert_threshold",
+    "model_version",
+    "top_risk_factors",
+    "features",
+)
+_COMPARED = (
+    "risk_probability",
+    "risk_level",
+    "risk_prediction",
+    "model_version",
+    "top_risk_factors",
+)
+
+
+def upcoming_sessions(conn: psycopg.Connection, now: datetime, hours: float) -> pd.DataFrame:
+    """Scheduled first sessions starting in (now, now + hours], booked by `now`."""
+    return read_frame(
+        conn, UPCOMING_FIRST_SESSIONS, {"now": now, "until": now + timedelta(hours=hours)}
+    )
+
+
+def model_input_as_of(history: TutorHistory, sessions: pd.DataFrame, now: datetime) -> pd.DataFrame:
+    """Model input for upcoming sessions, all as of `now` (the same feature code as training)."""
+    return build_model_input(history, sessions, [now] * len(sessions))
+
+
+def prediction_rows(
+    sessions: pd.DataFrame, X: pd.DataFrame, scored: pd.DataFrame, now: datetime, threshold: float
+) -> pd.DataFrame:
+    """The rows to store: session identity + scores + reasons + the features used."""
+    rows = sessions.reset_index(drop=True)[
+        ["session_id", "tutor_id", "student_id", "scheduled_start", "subject"]
+    ].copy()
+    rows["prediction_date"] = now
+    for column in (
+        "risk_probability",
+        "risk_score",
+        "risk_level",
+        "risk_prediction",
+        "model_version",
+    ):
+        rows[column] = scored[column].to_numpy()
+    rows["alert_threshold"] = threshold
+    rows["top_risk_factors"] = [json.dumps(f) for f in scored["top_risk_factors"]]
+    rows["features"] = [json.dumps(r) for r in X.to_dict("records")]
+    return rows[list(STORED_COLUMNS)]
+
+
+def upsert_predictions(conn: psycopg.Connection, rows: pd.DataFrame) -> int:
+    """COPY into a temp table, then insert-or-update by session_id; returns rows changed."""
+    if rows.empty:
+        return 0
+    columns = ", ".join(STORED_COLUMNS)
+    buffer = io.StringIO()
+    rows.to_csv(buffer, index=False, header=False)
+    changed_if = " OR ".join(f"p.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in _COMPARED)
+    with conn.transaction():
+        conn.execute(
+            "CREATE TEMP TABLE incoming_predictions (LIKE fsp.first_session_predictions"
+            " INCLUDING DEFAULTS) ON COMMIT DROP"
+        )
+        with conn.cursor().copy(
+            f"COPY incoming_predictions ({columns}) FROM STDIN WITH (FORMAT csv)"
+        ) as cp:
+            cp.write(buffer.getvalue())
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in STORED_COLUMNS if c != "session_id")
+        result = conn.execute(
+            f"INSERT INTO fsp.first_session_predictions AS p ({columns})"
+            f" SELECT {columns} FROM incoming_predictions"
+            f" ON CONFLICT (session_id) DO UPDATE SET {updates}, updated_at = now()"
+            f" WHERE {changed_if}"
+        )
+        conn.execute("DROP TABLE incoming_predictions")
+        return result.rowcount

@@ -1,0 +1,161 @@
+"""Scoring: the one way a model turns sessions into risk predictions, with reasons.
+
+Used by the Bento service and by the scoring flow alike. Reasons are faithful to
+the serving model: for a calibrated linear model they are exact (each feature's
+share of the log-odds, relative to an average training session, summing with
+the baseline to the prediction); for any other model they are occlusion
+attributions (the change in log-odds when that feature's encoded columns are
+set to their training average)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from scipy.special import logit
+
+from training.constants import CHAMPION_ALIAS, risk_level, risk_score
+from training.encoding import encoded_names
+from training.errors import NoChampion
+from training.features import FACTOR_LABELS, MODEL_INPUT_COLUMNS
+from training.registry import alias_version, load_sklearn
+
+TOP_FACTORS = 5
+
+
+def _raw_feature_of(encoded: str) -> str:
+    if encoded.startswith("subject_"):
+        return "subject"
+    for column in MODEL_INPUT_COLUMNS:
+        if encoded in (column, f"log_{column}", f"{column}_sin", f"{column}_cos"):
+            return column
+    raise ValueError(f"encoded column {encoded!r} maps to no input feature")
+
+
+def _grouping() -> np.ndarray:
+    """Matrix (encoded columns x input features): 1 where a column belongs to a feature."""
+    names = encoded_names()
+    groups = np.zeros((len(names), len(MODEL_INPUT_COLUMNS)))
+    for i, name in enumerate(names):
+        groups[i, MODEL_INPUT_COLUMNS.index(_raw_feature_of(name))] = 1.0
+    return groups
+
+
+@dataclass
+class ScoringModel:
+    """A fitted calibrated model opened for scoring and explaining."""
+
+    model: Any
+    version: str
+    threshold: float
+    run_id: str = ""
+    name: str = ""
+    _groups: np.ndarray = field(default_factory=_grouping, repr=False)
+
+    @property
+    def _parts(self):
+        calibrated = self.model.calibrated_classifiers_[0]
+        return calibrated.estimator, calibrated.calibrators[0]
+
+    @property
+    def is_linear(self) -> bool:
+        """True when reasons are exact (a linear classifier with Platt calibration)."""
+        pipeline, calibrator = self._parts
+        return hasattr(pipeline.named_steps["clf"], "coef_") and hasattr(calibrator, "a_")
+
+    def encode(self, X: pd.DataFrame) -> np.ndarray:
+        """The encoded, standardised matrix the classifier sees."""
+        return self._parts[0].named_steps["encode"].transform(X)
+
+    def proba_from_encoded(self, Z: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities from an encoded matrix."""
+        pipeline, calibrator = self._parts
+        return np.clip(calibrator.predict(pipeline.named_steps["clf"].decision_function(Z)), 0, 1)
+
+    def probabilities(self, X: pd.DataFrame) -> np.ndarray:
+        """P(poor first session) for each row of raw model input."""
+        return self.proba_from_encoded(self.encode(X))
+
+    def contributions(self, X: pd.DataFrame) -> np.ndarray:
+        """Per row and input feature: its push on the log-odds of a poor session."""
+        Z = self.encode(X)
+        if self.is_linear:
+            pipeline, calibrator = self._parts
+            weights = pipeline.named_steps["clf"].coef_[0]
+            return (-calibrator.a_ * Z * weights) @ self._groups
+        base = _safe_logit(self.proba_from_encoded(Z))
+        out = np.empty((len(Z), len(MODEL_INPUT_COLUMNS)))
+        for j in range(len(MODEL_INPUT_COLUMNS)):
+            occluded = Z.copy()
+            occluded[:, self._groups[:, j] > 0] = 0.0
+            out[:, j] = base - _safe_logit(self.proba_from_encoded(occluded))
+        return out
+
+
+def _safe_logit(p: np.ndarray) -> np.ndarray:
+    return logit(np.clip(p, 1e-9, 1 - 1e-9))
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def top_factors(X: pd.DataFrame, contributions: np.ndarray, k: int = TOP_FACTORS):
+    """For each row, the k features with the largest push, in plain words."""
+    out = []
+    records = X.to_dict("records")
+    for row, contrib in zip(records, contributions, strict=True):
+        order = np.argsort(-np.abs(contrib))[:k]
+        out.append(
+            [
+                {
+                    "feature": MODEL_INPUT_COLUMNS[j],
+                    "label": FACTOR_LABELS[MODEL_INPUT_COLUMNS[j]],
+                    "value": _json_value(row[MODEL_INPUT_COLUMNS[j]]),
+                    "contribution": round(float(contrib[j]), 4),
+                    "direction": "raises risk" if contrib[j] > 0 else "lowers risk",
+                }
+                for j in order
+            ]
+        )
+    return out
+
+
+def score(model: ScoringModel, X: pd.DataFrame) -> pd.DataFrame:
+    """Risk predictions for raw model input: probability, score, band, alert flag, reasons."""
+    p = model.probabilities(X)
+    alert = p >= model.threshold
+    return pd.DataFrame(
+        {
+            "risk_probability": p,
+            "risk_score": [risk_score(v) for v in p],
+            "risk_level": [risk_level(v) for v in p],
+            "risk_prediction": alert.astype(int),
+            "should_send_alert": alert,
+            "top_risk_factors": top_factors(X, model.contributions(X)),
+            "model_version": model.version,
+        }
+    )
+
+
+def load_scoring_model(
+    client: MlflowClient, name: str, alias: str = CHAMPION_ALIAS
+) -> ScoringModel:
+    """The version holding `alias` (the champion by default), opened for scoring."""
+    version = alias_version(client, name, alias)
+    if version is None:
+        raise NoChampion(
+            f"model {name!r} has no {alias!r} yet: run `fsp train` or `fsp promote VERSION`"
+        )
+    return ScoringModel(
+        model=load_sklearn(f"models:/{name}/{version.version}"),
+        version=str(version.version),
+        threshold=float(version.tags.get("alert_threshold", "0.5")),
+        run_id=version.run_id or "",
+        name=name,
+    )
