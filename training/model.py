@@ -30,7 +30,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 
 from training.constants import PRECISION_TARGET
-from training.encoding import RiskFeatureEncoder
+from training.encoding import RiskFeatureEncoder, encoded_names
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,19 @@ def _logistic(seed: int) -> Pipeline:
     return Pipeline([("encode", RiskFeatureEncoder()), ("clf", clf)])
 
 
+MONOTONE_RISK = {
+    "first_session_success_rate": -1,
+    "avg_rating": -1,
+    "reschedule_rate": 1,
+    "no_show_rate": 1,
+}
+"""Directions the risk must follow whatever the model (model-behaviour tests check them)."""
+
+
 def _boosting(seed: int) -> Pipeline:
+    constraints = [MONOTONE_RISK.get(name, 0) for name in encoded_names()]
     clf = HistGradientBoostingClassifier(
+        monotonic_cst=constraints,
         max_iter=200,
         learning_rate=0.05,
         max_leaf_nodes=15,

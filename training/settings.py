@@ -40,6 +40,17 @@ class Settings(BaseSettings):
     smtp_password: str | None = Field(default=None, alias="SMTP_PASSWORD")
     smtp_use_tls: bool = Field(default=False, alias="SMTP_USE_TLS")
     smtp_from_email: str = Field(default="risk-alerts@tutoring.example", alias="SMTP_FROM_EMAIL")
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0, alias="SMTP_TIMEOUT")
+
+    alert_holdout_share: float = Field(default=0.10, ge=0, le=1, alias="FSP_ALERT_HOLDOUT_SHARE")
+    alert_max_attempts: int = Field(default=5, ge=1, alias="FSP_ALERT_MAX_ATTEMPTS")
+    alert_backoff_seconds: float = Field(default=60.0, ge=0, alias="FSP_ALERT_BACKOFF_SECONDS")
+    alert_send_lease_seconds: float = Field(
+        default=300.0, ge=0, alias="FSP_ALERT_SEND_LEASE_SECONDS"
+    )
+    monitor_auc_floor: float = Field(default=0.60, ge=0, le=1, alias="FSP_AUC_FLOOR")
+    monitor_drift_share: float = Field(default=0.30, ge=0, le=1, alias="FSP_DRIFT_SHARE")
+    monitor_min_labelled: int = Field(default=50, ge=1, alias="FSP_MONITOR_MIN_LABELLED")
 
     @property
     def pg_dir(self) -> Path:
@@ -50,6 +61,11 @@ class Settings(BaseSettings):
     def outbox_dir(self) -> Path:
         """Where emails go as .eml files when no SMTP relay is configured."""
         return self.state_dir / "outbox"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Where the monitoring flow writes its Evidently reports (HTML + JSON)."""
+        return self.state_dir / "reports"
 
     @property
     def resolved_mlflow_uri(self) -> str:

@@ -1,0 +1,143 @@
+"""Point-in-time features: no peeking, engagement in force, local time across DST,
+shrinkage. Pure tests on frames, plus one against a real database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import psycopg
+import pytest
+
+from tests.conftest import DEMO_NOW, seed_demo
+from training.dataset import build_training_set
+from training.errors import UnknownTutor
+from training.features import (
+    PRIOR_FIRST_SUCCESS,
+    TutorHistory,
+    build_model_input,
+    local_time_features,
+)
+
+T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
+
+
+def _history(sessions=(), feedback=(), engagement=(), known_until=None) -> TutorHistory:
+    tutors = pd.DataFrame({"tutor_id": ["A", "B"], "onboarded_at": [T0, T0]})
+    s = pd.DataFrame(
+        list(sessions),
+        columns=["tutor_id", "scheduled_start", "duration_minutes", "status", "is_first_session"],
+    )
+    f = pd.DataFrame(
+        list(feedback), columns=["tutor_id", "is_first_session", "rating", "submitted_at"]
+    )
+    e = pd.DataFrame(list(engagement), columns=["tutor_id", "as_of", "score"])
+    return TutorHistory.from_frames(tutors, s, f, e, known_until)
+
+
+def test_rating_submitted_after_the_moment_is_invisible():
+    moment = T0 + timedelta(days=10)
+    before = _history(feedback=[("A", True, 1, moment - timedelta(seconds=1))])
+    after = _history(feedback=[("A", True, 1, moment + timedelta(seconds=1))])
+    same_second = _history(feedback=[("A", True, 1, moment)])
+    seen = before.features(["A"], [moment])
+    assert seen.loc[0, "n_rated_first_sessions"] == 1
+    for history in (after, same_second):
+        unseen = history.features(["A"], [moment])
+        assert unseen.loc[0, "n_rated_first_sessions"] == 0
+        assert unseen.loc[0, "first_session_success_rate"] == pytest.approx(PRIOR_FIRST_SUCCESS)
+
+
+def test_session_status_counts_only_once_the_session_has_ended():
+    start = T0 + timedelta(days=5)
+    history = _history(sessions=[("A", start, 60, "no_show", False)])
+    during = history.features(["A"], [start + timedelta(minutes=30)])
+    after = history.features(["A"], [start + timedelta(minutes=61)])
+    assert during.loc[0, "no_show_rate"] < after.loc[0, "no_show_rate"]
+
+
+def test_engagement_in_force_is_the_latest_at_or_before_the_moment():
+    e1, e2 = T0 + timedelta(days=7), T0 + timedelta(days=14)
+    history = _history(engagement=[("A", e1, 0.3), ("A", e2, 0.9), ("B", e1, 0.1)])
+    moments = [e1 - timedelta(seconds=1), e1, e2 - timedelta(hours=1), e2, e2 + timedelta(days=30)]
+    got = history.features(["A"] * 5, moments)["engagement_score"].tolist()
+    assert got == [0.5, 0.3, 0.3, 0.9, 0.9]  # 0.5: the prior before any score exists
+
+
+def test_a_tutor_with_one_session_is_not_judged_like_one_with_three_hundred():
+    moment = T0 + timedelta(days=400)
+    bad_once = [("A", True, 1, T0 + timedelta(days=1))]
+    bad_often = [("B", True, 1, T0 + timedelta(days=1, minutes=i)) for i in range(300)]
+    history = _history(feedback=bad_once + bad_often)
+    rates = history.features(["A", "B"], [moment, moment])["first_session_success_rate"]
+    assert rates[0] > 0.6  # one poor first session barely moves the prior
+    assert rates[1] < 0.05  # three hundred do
+
+
+def test_local_hour_follows_the_student_zone_across_a_dst_change():
+    # 2026-03-08: US clocks spring forward. 23:00 UTC is 18:00 EST the day before,
+    # 19:00 EDT the day after; Phoenix does not observe DST.
+    starts = ["2026-03-07T23:00:00+00:00", "2026-03-09T23:00:00+00:00"] * 2
+    zones = ["America/New_York"] * 2 + ["America/Phoenix"] * 2
+    local = local_time_features(starts, zones)
+    assert local["local_hour"].tolist() == [18.0, 19.0, 16.0, 16.0]
+    assert local["local_dow"].tolist() == [5.0, 0.0, 5.0, 0.0]
+
+
+def test_unknown_tutor_is_named():
+    with pytest.raises(UnknownTutor, match="'ZZZ'"):
+        _history().features(["ZZZ"], [T0])
+
+
+def test_model_input_has_every_documented_column():
+    frame = pd.DataFrame(
+        {
+            "tutor_id": ["A"],
+            "subject": ["quantum_knitting"],
+            "scheduled_start": ["2026-06-01T20:30:00+00:00"],
+            "timezone": ["America/Chicago"],
+            "student_age": [12],
+        }
+    )
+    X = build_model_input(_history(), frame, [T0 + timedelta(days=90)])
+    assert X.loc[0, "local_hour"] == 15.5
+    assert X.loc[0, "subject"] == "quantum_knitting"  # encoded as 'unknown' by the model
+
+
+def _late_rating_case(conn) -> tuple[str, str, datetime]:
+    """An unrated completed session U and a later training example E of the same tutor."""
+    row = conn.execute(
+        "SELECT u.session_id, e.session_id, e.scheduled_start"
+        " FROM platform.sessions u"
+        " JOIN platform.sessions e ON e.tutor_id = u.tutor_id"
+        "  AND e.scheduled_start > u.scheduled_start + interval '2 hours'"
+        " JOIN platform.feedback fe ON fe.session_id = e.session_id"
+        " LEFT JOIN platform.feedback fu ON fu.session_id = u.session_id"
+        " WHERE u.status = 'completed' AND fu.session_id IS NULL"
+        "  AND e.is_first_session AND e.status = 'completed' AND fe.submitted_at < %s"
+        " ORDER BY e.scheduled_start LIMIT 1",
+        (DEMO_NOW,),
+    ).fetchone()
+    assert row, "the demo data should hold an unrated session before a rated first session"
+    return row
+
+
+@pytest.mark.services
+def test_a_late_rating_never_changes_a_sessions_training_features(empty_db):
+    seed_demo(empty_db, tutors=40, days=60)
+    with psycopg.connect(empty_db) as conn:
+        before = build_training_set(conn, DEMO_NOW)
+        unrated_id, example_id, example_start = _late_rating_case(conn)
+        # The rating of U arrives one minute after E started: E must not see it.
+        conn.execute(
+            "INSERT INTO platform.feedback VALUES (%s, 1, %s)",
+            (unrated_id, example_start + timedelta(minutes=1)),
+        )
+        after = build_training_set(conn, DEMO_NOW)
+        conn.rollback()
+    row_before = list(before.session_ids).index(example_id)
+    row_after = list(after.session_ids).index(example_id)
+    pd.testing.assert_series_equal(
+        before.X.iloc[row_before], after.X.iloc[row_after], check_names=False
+    )
+    assert not before.X.equals(after.X)  # later examples of that tutor do see it
