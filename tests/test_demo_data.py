@@ -31,7 +31,7 @@ def test_students_span_ages_and_us_time_zones(frames):
     assert students["timezone"].nunique() >= 5
     first = frames["sessions"].query("is_first_session").merge(students, on="student_id")
     age = (first["scheduled_start"] - first["birth_date"]).dt.days / 365.25
-    assert 5.9 <= age.min() and age.max() < 51.1
+    assert age.min() >= 5.9 and age.max() < 51.1
 
 
 def test_statuses_ratings_and_engagement_follow_time(frames):
@@ -58,7 +58,11 @@ def test_same_seed_same_history():
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"tutors": 0}, "--tutors"), ({"days": 2}, "--days"), ({"now": datetime(2026, 1, 1)}, "--now")],
+    [
+        ({"tutors": 0}, "--tutors"),
+        ({"days": 2}, "--days"),
+        ({"now": datetime(2026, 1, 1)}, "--now"),
+    ],
 )
 def test_bad_parameters_are_named(kwargs, field):
     args = {"tutors": 10, "days": 30, "seed": 1, "now": DEMO_NOW} | kwargs
