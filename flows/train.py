@@ -3,6 +3,7 @@ version → promotion gate. Each step is a small task; the logic is in `training
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any
 
@@ -37,13 +38,17 @@ def train_flow(as_of: str | datetime | None = None) -> dict[str, Any]:
     settings = get_settings()
     cutoff = parse_moment(as_of, "--as-of")
     client = make_client(settings)
+    clock = time.perf_counter()
     ts = load_training_set(settings, cutoff)
     split = steps.split_training_set(ts, settings)
+    seconds = {"training_set": time.perf_counter() - clock}
     fitted = fit_all(settings, ts, split)
     best = steps.choose(fitted, settings)
+    seconds["fit_candidates"] = time.perf_counter() - clock - sum(seconds.values())
     version, metrics, threshold, rule = steps.log_and_register(
         client, settings, ts, split, fitted, best
     )
+    seconds["log_and_register"] = time.perf_counter() - clock - sum(seconds.values())
     decision = run_gate(
         client,
         settings.model_name,
@@ -67,4 +72,5 @@ def train_flow(as_of: str | datetime | None = None) -> dict[str, Any]:
         "threshold_rule": rule,
         "promoted": decision.promoted,
         "gate_reason": decision.reason,
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
     }

@@ -24,7 +24,10 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 
+from flows.cli import ephemeral_prefect_defaults  # noqa: E402
 from training.settings import PROJECT_ROOT, get_settings  # noqa: E402
+
+ephemeral_prefect_defaults()
 
 SERVER_URL = os.environ.get("DATABASE_URL")
 DEMO_NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)

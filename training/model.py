@@ -61,8 +61,8 @@ def _boosting(seed: int) -> Pipeline:
     constraints = [MONOTONE_RISK.get(name, 0) for name in encoded_names()]
     clf = HistGradientBoostingClassifier(
         monotonic_cst=constraints,
-        max_iter=200,
-        learning_rate=0.05,
+        max_iter=120,
+        learning_rate=0.08,
         max_leaf_nodes=15,
         l2_regularization=1.0,
         min_samples_leaf=40,
