@@ -112,7 +112,8 @@ def make_tutors(spec: DemoSpec, rng: np.random.Generator) -> pd.DataFrame:
 def make_engagement(tutors: pd.DataFrame, spec: DemoSpec, rng: np.random.Generator):
     """Weekly engagement scores from onboarding to `now` (a history, not a value)."""
     now = np.datetime64(spec.now.replace(tzinfo=None), "s")
-    weeks = ((now - tutors["onboarded_at"].to_numpy()) / (7 * _DAY)).astype(int) + 1
+    age = now - tutors["onboarded_at"].to_numpy()
+    weeks = (age / (7 * _DAY)).astype(int) + 1  # type: ignore[operator]
     idx = np.repeat(np.arange(len(tutors)), weeks)
     k = np.arange(len(idx)) - np.repeat(np.cumsum(weeks) - weeks, weeks)
     walk = rng.normal(0, 0.15, len(idx))
@@ -145,7 +146,9 @@ def _to_utc(local_naive: np.ndarray, tz_names: np.ndarray) -> np.ndarray:
     for tz in np.unique(tz_names):
         mask = tz_names == tz
         local = pd.DatetimeIndex(local_naive[mask]).tz_localize(
-            tz, ambiguous=False, nonexistent="shift_forward"
+            tz,
+            ambiguous=np.zeros(int(mask.sum()), dtype=bool),  # the later (standard-time) instant
+            nonexistent="shift_forward",
         )
         out[mask] = local.tz_convert("UTC").tz_localize(None).to_numpy()
     return out

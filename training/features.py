@@ -69,13 +69,13 @@ def _utc_index(values) -> pd.DatetimeIndex:
 
 def _ceil_seconds(values) -> np.ndarray:
     """Epoch seconds, rounded up (an event counts only once its whole second has passed)."""
-    ns = _utc_index(values).asi8
+    ns = _utc_index(values).asi8  # type: ignore[attr-defined]
     return -((-ns) // 1_000_000_000)
 
 
 def _floor_seconds(values) -> np.ndarray:
     """Epoch seconds, rounded down (a moment never reaches into its next second)."""
-    return _utc_index(values).asi8 // 1_000_000_000
+    return _utc_index(values).asi8 // 1_000_000_000  # type: ignore[attr-defined]
 
 
 @dataclass
