@@ -48,5 +48,5 @@ bench: install ## run every benchmark and print its figures
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean: ## remove local state (embedded PostgreSQL, MLflow store, outbox, Bento store)
-	-$(BIN)/python -c "from training.db import stop_embedded; stop_embedded()" 2>/dev/null
+	-$(BIN)/python -c "from training.db import stop_embedded; stop_embedded()"
 	rm -rf .fsp/pg .fsp/mlflow.db .fsp/mlartifacts .fsp/outbox .fsp/bentoml .fsp/prefect .fsp/reports

@@ -123,3 +123,19 @@ def platform_is_empty(conn: psycopg.Connection) -> bool:
         " OR EXISTS (SELECT 1 FROM platform.tutor_engagement)"
     ).fetchone()
     return not (row and row[0])
+
+
+def stop_embedded(pg_dir: Path | None = None) -> bool:
+    """Stop the embedded PostgreSQL if it runs (for `make clean`); True when one was stopped."""
+    import os
+
+    from training.settings import get_settings
+
+    folder = pg_dir or get_settings().pg_dir
+    if not (folder / "postmaster.pid").exists():
+        return False
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
+
+    user = "pgserver" if os.geteuid() == 0 else None
+    pg_ctl(["-w", "stop", "-m", "fast"], pgdata=folder, user=user)
+    return True
