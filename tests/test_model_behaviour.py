@@ -18,8 +18,12 @@ from training.settings import get_settings
 
 pytestmark = pytest.mark.services
 ONBOARDED = DEMO_NOW - timedelta(days=200)
-SESSION = {"subject": "algebra", "scheduled_start": DEMO_NOW + timedelta(hours=30),
-           "timezone": "America/Chicago", "student_age": 12}
+SESSION = {
+    "subject": "algebra",
+    "scheduled_start": DEMO_NOW + timedelta(hours=30),
+    "timezone": "America/Chicago",
+    "student_age": 12,
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +39,33 @@ def champion(trained_world):
 
 def _tutor_with(first_ratings: list[int], no_shows: int = 0, completed: int = 40) -> pd.DataFrame:
     """Model input for one upcoming session of a tutor with exactly this history."""
-    t = [ONBOARDED + timedelta(days=1, hours=i) for i in range(len(first_ratings) + completed + no_shows)]
+    t = [
+        ONBOARDED + timedelta(days=1, hours=i)
+        for i in range(len(first_ratings) + completed + no_shows)
+    ]
     statuses = ["completed"] * (len(first_ratings) + completed) + ["no_show"] * no_shows
-    sessions = pd.DataFrame({"tutor_id": "A", "scheduled_start": t, "duration_minutes": 60,
-                             "status": statuses, "is_first_session": False})
-    feedback = pd.DataFrame({"tutor_id": "A", "is_first_session": True, "rating": first_ratings,
-                             "submitted_at": t[: len(first_ratings)]})
+    sessions = pd.DataFrame(
+        {
+            "tutor_id": "A",
+            "scheduled_start": t,
+            "duration_minutes": 60,
+            "status": statuses,
+            "is_first_session": False,
+        }
+    )
+    feedback = pd.DataFrame(
+        {
+            "tutor_id": "A",
+            "is_first_session": True,
+            "rating": first_ratings,
+            "submitted_at": t[: len(first_ratings)],
+        }
+    )
     feedback = feedback.astype({"rating": float})
     history = TutorHistory.from_frames(
-        pd.DataFrame({"tutor_id": ["A"], "onboarded_at": [ONBOARDED]}), sessions, feedback,
+        pd.DataFrame({"tutor_id": ["A"], "onboarded_at": [ONBOARDED]}),
+        sessions,
+        feedback,
         pd.DataFrame({"tutor_id": ["A"], "as_of": [ONBOARDED], "score": [0.5]}),
     )
     return build_model_input(history, pd.DataFrame([{"tutor_id": "A", **SESSION}]), [DEMO_NOW])

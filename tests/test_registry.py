@@ -36,11 +36,23 @@ def lab(trained_world, tmp_path_factory):
     fitted = steps.fit_candidate(CANDIDATES[0], ts, split, settings)
     version, *_ = steps.log_and_register(client, settings, ts, split, [fitted], fitted)
     decision = run_gate(
-        client, settings.model_name, version, ts.X[split.holdout], ts.y[split.holdout],
-        fitted.holdout_auc, settings.promotion_margin,
+        client,
+        settings.model_name,
+        version,
+        ts.X[split.holdout],
+        ts.y[split.holdout],
+        fitted.holdout_auc,
+        settings.promotion_margin,
     )
-    yield {"settings": settings, "client": client, "ts": ts, "split": split,
-           "fitted": fitted, "version": version, "decision": decision}
+    yield {
+        "settings": settings,
+        "client": client,
+        "ts": ts,
+        "split": split,
+        "fitted": fitted,
+        "version": version,
+        "decision": decision,
+    }
     mp.undo()
     get_settings.cache_clear()
 
@@ -48,8 +60,9 @@ def lab(trained_world, tmp_path_factory):
 def _worse_version(lab) -> tuple:
     """A model trained on shuffled labels, logged and registered like any other."""
     ts, split, settings = lab["ts"], lab["split"], lab["settings"]
-    shuffled = TrainingSet(ts.X, np.random.default_rng(0).permutation(ts.y), ts.starts,
-                           ts.session_ids, ts.cutoff)
+    shuffled = TrainingSet(
+        ts.X, np.random.default_rng(0).permutation(ts.y), ts.starts, ts.session_ids, ts.cutoff
+    )
     bad = steps.fit_candidate(CANDIDATES[0], shuffled, split, settings)
     from sklearn.metrics import roc_auc_score
 
@@ -64,19 +77,37 @@ def test_first_version_becomes_champion_with_lineage(lab):
     assert lab["decision"].promoted and lab["decision"].reason == "no champion yet"
     champion = alias_version(client, name, CHAMPION_ALIAS)
     assert champion.version == lab["version"].version
-    for tag in ("alert_threshold", "threshold_rule", "risk_bands", "training_window",
-                "data_fingerprint", "holdout_auc_roc", "gate.reason"):
+    for tag in (
+        "alert_threshold",
+        "threshold_rule",
+        "risk_bands",
+        "training_window",
+        "data_fingerprint",
+        "holdout_auc_roc",
+        "gate.reason",
+    ):
         assert tag in champion.tags, tag
     run = client.get_run(champion.run_id)
-    for metric in ("holdout_auc_roc", "holdout_pr_auc", "holdout_precision", "holdout_recall",
-                   "holdout_f1", "holdout_accuracy", "holdout_brier", "cv_auc_mean", "cv_auc_sd"):
+    for metric in (
+        "holdout_auc_roc",
+        "holdout_pr_auc",
+        "holdout_precision",
+        "holdout_recall",
+        "holdout_f1",
+        "holdout_accuracy",
+        "holdout_brier",
+        "cv_auc_mean",
+        "cv_auc_sd",
+    ):
         assert metric in run.data.metrics, metric
     assert run.data.tags["data_fingerprint"] == lab["ts"].fingerprint
     assert len(run.data.tags["git_commit"]) >= 7
     artifacts = {a.path for a in client.list_artifacts(champion.run_id)}
     plots = {a.path for a in client.list_artifacts(champion.run_id, "plots")}
     assert {"weights.csv", "features.json", "confusion_matrix.json"} <= artifacts
-    assert {f"plots/{p}.png" for p in ("roc_curve", "pr_curve", "calibration", "confusion_matrix")} <= plots
+    assert {
+        f"plots/{p}.png" for p in ("roc_curve", "pr_curve", "calibration", "confusion_matrix")
+    } <= plots
 
 
 def test_logged_model_reproduces_training_probabilities_exactly(lab):
@@ -92,10 +123,19 @@ def test_logged_model_reproduces_training_probabilities_exactly(lab):
 def test_a_worse_challenger_is_not_promoted(lab):
     client, settings = lab["client"], lab["settings"]
     version, auc = _worse_version(lab)
-    decision = run_gate(client, settings.model_name, version, lab["ts"].X[lab["split"].holdout],
-                        lab["ts"].y[lab["split"].holdout], auc, settings.promotion_margin)
+    decision = run_gate(
+        client,
+        settings.model_name,
+        version,
+        lab["ts"].X[lab["split"].holdout],
+        lab["ts"].y[lab["split"].holdout],
+        auc,
+        settings.promotion_margin,
+    )
     assert not decision.promoted
-    assert alias_version(client, settings.model_name, CHAMPION_ALIAS).version == lab["version"].version
+    assert (
+        alias_version(client, settings.model_name, CHAMPION_ALIAS).version == lab["version"].version
+    )
     assert alias_version(client, settings.model_name, CHALLENGER_ALIAS).version == version.version
     tags = client.get_model_version(settings.model_name, version.version).tags
     assert tags["gate.promoted"] == "false" and "does not beat" in tags["gate.reason"]
