@@ -1,0 +1,373 @@
+"""Serving speed, side by side in one run: the Bento's /predict against `mlflow models
+serve` of the same registered version, on the same machine and the same sessions.
+
+    .venv/bin/python benchmarks/bench_serving.py [--seconds S] [--no-package]
+
+Uses the configured settings (embedded defaults unless DATABASE_URL etc. are set):
+packages the champion (build time, Bento size), starts both servers on loopback
+(ready time), then measures req/s and p50/p99 at concurrency 1, 8 and 32 with one
+session per request, and rows/s with batches of 1,000. Every loop is bounded by
+time and count; both servers are stopped at the end.
+
+The two servers do not do the same work: `mlflow models serve` takes the model
+input already computed (13 columns) and returns probabilities; the Bento takes the
+booking context (tutor, subject, start, student), computes the features as of
+now, scores, and explains (top factors). Same model, same 2 worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+CONCURRENCY = (1, 8, 32)
+BATCH_ROWS = 1000
+BATCH_CONCURRENCY = 2
+MAX_REQUESTS_PER_LEVEL = 200_000
+READY_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen
+    port: int
+    ready_seconds: float
+
+    def stop(self) -> None:
+        """End the server's process group (it was started in its own session)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+async def _get_status(port: int, path: str) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    line = await reader.readline()
+    writer.close()
+    return int(line.split()[1])
+
+
+def wait_ready(port: int, path: str, process: subprocess.Popen, started: float) -> float:
+    """Seconds from start until `path` answers 200 (bounded)."""
+    while time.perf_counter() - started < READY_TIMEOUT_S:
+        if process.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {process.returncode}")
+        try:
+            if asyncio.run(_get_status(port, path)) == 200:
+                return time.perf_counter() - started
+        except (OSError, IndexError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} not ready after {READY_TIMEOUT_S} s")
+
+
+def start(name: str, command: list[str], env: dict[str, str], port: int, ready_path: str):
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{name}-{port}.log", "w")  # noqa: SIM115
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        ready = wait_ready(port, ready_path, process, started)
+    except RuntimeError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        raise
+    return Server(name, process, port, ready)
+
+
+# -- a small keep-alive HTTP/1.1 load generator (cheaper per request than httpx) ----------
+def request_bytes(path: str, body: bytes) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    if length:
+        await reader.readexactly(length)
+    elif b"chunked" in head.lower():
+        while True:
+            size = int((await reader.readline()).strip(), 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    return status
+
+
+async def _connection(port, requests, deadline, latencies, errors, counter):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < deadline and counter[0] < MAX_REQUESTS_PER_LEVEL:
+            payload = requests[counter[0] % len(requests)]
+            counter[0] += 1
+            sent = time.perf_counter()
+            writer.write(payload)
+            status = await _read_response(reader)
+            latencies.append(time.perf_counter() - sent)
+            if status != 200:
+                errors.append(status)
+    finally:
+        writer.close()
+
+
+async def _load(port: int, requests: list[bytes], concurrency: int, seconds: float):
+    latencies: list[float] = []
+    errors: list[int] = []
+    counter = [0]
+    started = time.perf_counter()
+    deadline = started + seconds
+    await asyncio.gather(
+        *(
+            _connection(port, requests, deadline, latencies, errors, counter)
+            for _ in range(concurrency)
+        )
+    )
+    return latencies, errors, time.perf_counter() - started
+
+
+def measure(port: int, requests: list[bytes], concurrency: int, seconds: float) -> dict:
+    asyncio.run(_load(port, requests[:50], concurrency, min(1.0, seconds)))  # warm up
+    latencies, errors, elapsed = asyncio.run(_load(port, requests, concurrency, seconds))
+    ms = np.array(latencies) * 1000
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "rps": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+# -- the sessions both servers score ---------------------------------------------------------
+def sample_sessions(settings, n: int, seed: int = 11):
+    """Real tutors and students, first sessions 1-7 days ahead, with the model input the
+    shared feature code computes for them as of now (what mlflow serve is given)."""
+    import pandas as pd
+
+    from training.db import connection
+    from training.features import build_model_input, load_history, read_frame
+
+    rng = np.random.default_rng(seed)
+    now = datetime.now(UTC)
+    with connection(settings) as conn:
+        tutors = read_frame(conn, "SELECT tutor_id FROM platform.tutors")["tutor_id"]
+        students = read_frame(
+            conn, "SELECT student_id, birth_date, timezone FROM platform.students LIMIT 5000"
+        )
+        history = load_history(conn, now)
+    picked = students.sample(n=n, replace=True, random_state=seed).reset_index(drop=True)
+    from training.constants import SUBJECTS
+
+    sessions = pd.DataFrame(
+        {
+            "tutor_id": rng.choice(tutors.to_numpy(), size=n),
+            "subject": rng.choice(SUBJECTS, size=n),
+            "scheduled_start": [
+                (now + timedelta(hours=int(h), minutes=15 * int(q))).replace(microsecond=0)
+                for h, q in zip(rng.integers(24, 168, n), rng.integers(0, 4, n), strict=True)
+            ],
+            "student_id": picked["student_id"],
+            "timezone": picked["timezone"],
+            "birth_date": picked["birth_date"],
+        }
+    )
+    X = build_model_input(history, sessions, [now] * n)
+    return sessions, X
+
+
+def bento_payloads(sessions) -> list[dict]:
+    return [
+        {
+            "tutor_id": r.tutor_id,
+            "subject": r.subject,
+            "scheduled_start": r.scheduled_start.isoformat(),
+            "student_id": r.student_id,
+        }
+        for r in sessions.itertuples()
+    ]
+
+
+def mlflow_payload(X) -> dict:
+    return {"dataframe_split": json.loads(X.to_json(orient="split", index=False))}
+
+
+def table(rows: list[tuple]) -> str:
+    header = ("server", "load", "requests", "errors", "req/s", "rows/s", "p50 ms", "p99 ms")
+    lines = [" | ".join(header), " | ".join("---" for _ in header)]
+    for name, load, m, rows_per_request in rows:
+        lines.append(
+            " | ".join(
+                [
+                    name,
+                    load,
+                    str(m["requests"]),
+                    str(m["errors"]),
+                    f"{m['rps']:.0f}",
+                    f"{m['rps'] * rows_per_request:.0f}",
+                    f"{m['p50_ms']:.2f}",
+                    f"{m['p99_ms']:.2f}",
+                ]
+            )
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="per load level")
+    parser.add_argument("--no-package", action="store_true", help="serve the latest Bento")
+    args = parser.parse_args()
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from service.packaging import (
+        _bentoml_cli,
+        bentoml_home,
+        latest_bento,
+        package_champion,
+        serving_env,
+    )
+    from training.constants import CHAMPION_ALIAS
+    from training.registry import alias_version, make_client
+    from training.settings import get_settings
+
+    settings = get_settings()
+    home = bentoml_home(settings)
+    built = {"bento_tag": latest_bento(home)} if args.no_package else package_champion(settings)
+    client = make_client(settings)
+    version = alias_version(client, settings.model_name, CHAMPION_ALIAS)
+    assert version is not None
+    print(f"model {settings.model_name} version {version.version}; Bento {built['bento_tag']}")
+    for key in ("build_seconds", "import_seconds", "bento_size_bytes", "model_size_bytes"):
+        if key in built:
+            print(f"  {key}: {built[key]}")
+
+    sessions, X = sample_sessions(settings, 2000)
+    bento_bodies = [json.dumps(p).encode() for p in bento_payloads(sessions)]
+    single_bento = [request_bytes("/predict", b) for b in bento_bodies]
+    single_mlflow = [
+        request_bytes("/invocations", json.dumps(mlflow_payload(X.iloc[[i]])).encode())
+        for i in range(len(X))
+    ]
+    batch_bento = [
+        request_bytes("/predict_batch", b"[" + b",".join(bento_bodies[i : i + BATCH_ROWS]) + b"]")
+        for i in (0, BATCH_ROWS)
+    ]
+    batch_mlflow = [
+        request_bytes(
+            "/invocations", json.dumps(mlflow_payload(X.iloc[i : i + BATCH_ROWS])).encode()
+        )
+        for i in (0, BATCH_ROWS)
+    ]
+
+    env = serving_env(settings, home)
+    bento_port, mlflow_port = free_port(), free_port()
+    servers: list[Server] = []
+    results = []
+    try:
+        bento = start(
+            "bento",
+            [
+                _bentoml_cli(),
+                "serve",
+                built["bento_tag"],
+                "--port",
+                str(bento_port),
+                "--host",
+                "127.0.0.1",
+            ],
+            env,
+            bento_port,
+            "/readyz",
+        )
+        servers.append(bento)
+        mlflow_env = dict(env)
+        mlflow_env["MLFLOW_TRACKING_URI"] = settings.resolved_mlflow_uri
+        # mlflow starts `uvicorn` through the shell: it must find this environment's
+        mlflow_env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        mlflow_server = start(
+            "mlflow",
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{settings.model_name}/{version.version}",
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(mlflow_port),
+                "-w",
+                "2",
+            ],
+            mlflow_env,
+            mlflow_port,
+            "/ping",
+        )
+        servers.append(mlflow_server)
+        print(
+            f"ready: Bento {bento.ready_seconds:.2f} s, mlflow {mlflow_server.ready_seconds:.2f} s"
+        )
+        for c in CONCURRENCY:
+            for server, reqs in ((bento, single_bento), (mlflow_server, single_mlflow)):
+                m = measure(server.port, reqs, c, args.seconds)
+                results.append((server.name, f"1 session, c={c}", m, 1))
+                print(table([results[-1]]).splitlines()[-1], flush=True)
+        for server, reqs in ((bento, batch_bento), (mlflow_server, batch_mlflow)):
+            m = measure(server.port, reqs, BATCH_CONCURRENCY, args.seconds)
+            results.append(
+                (server.name, f"{BATCH_ROWS} rows, c={BATCH_CONCURRENCY}", m, BATCH_ROWS)
+            )
+            print(table([results[-1]]).splitlines()[-1], flush=True)
+    finally:
+        for server in servers:
+            server.stop()
+    print()
+    print(table(results))
+    by = {(name, load): m for name, load, m, _ in results}
+    for c in CONCURRENCY:
+        ratio = (
+            by[("bento", f"1 session, c={c}")]["rps"] / by[("mlflow", f"1 session, c={c}")]["rps"]
+        )
+        print(f"Bento/mlflow throughput at c={c}: {ratio:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Tunables of the serving role only (names, limits, timings), each defined once here.
+
+Shared constants (alias names, risk bands, subjects) stay in `training.constants`;
+what a deployment changes (database, MLflow store, state folder) comes from
+`training.settings.get_settings()`."""
+
+from __future__ import annotations
+
+from typing import Final
+
+SERVICE_NAME: Final = "first_session_risk"
+"""The BentoML service (and Bento) name."""
+
+API_PREFIX: Final = "/api/first-session"
+"""Where the read-only ASGI app is mounted."""
+
+WORKERS: Final = 2
+"""Server processes; each holds its own model copy, feature snapshot and pool."""
+
+MAX_BATCH_SIZE: Final = 1000
+"""Most sessions one /predict_batch request may carry (and the adaptive batch cap)."""
+
+BATCH_MAX_LATENCY_MS: Final = 200
+"""How long adaptive batching may hold a request while it gathers a batch."""
+
+MAX_RANK_CANDIDATES: Final = 100
+"""Most candidate tutors one /rank_tutors request may carry."""
+
+SNAPSHOT_REFRESH_SECONDS: Final = 300.0
+"""Age after which the tutor-feature snapshot is rebuilt (see service/README.md)."""
+
+DB_CHECK_SECONDS: Final = 1.0
+"""How often each worker checks that the database answers (readiness, 503s)."""
+
+DB_CONNECT_TIMEOUT_SECONDS: Final = 3
+"""Connect timeout of the health connection, so a dead host is noticed quickly."""
+
+POOL_MAX_SIZE: Final = 4
+"""Connections per worker for storing predictions and the read endpoints."""
+
+POOL_TIMEOUT_SECONDS: Final = 5.0
+"""How long a request waits for a pooled connection before answering 503."""
+
+BENTO_MODEL_ARTIFACT: Final = "mlflow_model"
+"""Folder, inside the BentoML model, holding the logged MLflow model as downloaded."""
+
+FAST_PATH_FILE: Final = "fast_path.json"
+"""File, inside the BentoML model, holding the linear model's parameters (when linear)."""
+
+READ_DAYS_MAX: Final = 3650
+"""Largest `days` window the read endpoints accept."""
+
+LOOKAHEAD_HOURS_MAX: Final = 24 * 14
+"""Largest `lookahead_hours` window of predict-upcoming."""

@@ -1,0 +1,305 @@
+"""Tutor history as of request time, with its cost amortised over many requests.
+
+Reading a tutor's history and computing its features (`training.features`) costs
+about a second for the whole platform and ~1.4 ms even for one tutor, far more
+than scoring (microseconds). But the history features of *every* tutor can be
+computed in one vectorised call of the shared code in ~10 ms once the history is
+loaded. So each worker keeps a **feature snapshot**: `load_history(conn, t)` +
+`TutorHistory.features(all tutors, t)` at a moment `t`, rebuilt in the background
+every `SNAPSHOT_REFRESH_SECONDS`. For a request at `now >= t` the shared code
+itself answers with the features at `t` (it clamps moments to what the history
+knows), so a lookup in the snapshot *is* the shared code's answer, and no feature
+is defined twice. What a request can miss is at most the last few minutes of
+platform activity, which moves aggregates built from months of sessions by
+nothing measurable.
+
+The same background thread checks, every `DB_CHECK_SECONDS`, that the database
+answers: readiness and the 503s of the API follow it, and it recovers by itself
+when the database returns. Requests never wait on the database except to store
+a prediction or read the fsp tables (through a small pool)."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import psycopg
+
+from service.config import (
+    DB_CHECK_SECONDS,
+    DB_CONNECT_TIMEOUT_SECONDS,
+    POOL_MAX_SIZE,
+    POOL_TIMEOUT_SECONDS,
+    SNAPSHOT_REFRESH_SECONDS,
+)
+from training.errors import DatabaseUnavailable, UnknownTutor
+
+log = logging.getLogger("bentoml.fsp")  # under "bentoml": shown by its log config
+
+STUDENTS_SQL = "SELECT student_id, birth_date, timezone FROM platform.students"
+ONE_STUDENT_SQL = STUDENTS_SQL + " WHERE student_id = %s"
+
+
+@dataclass(frozen=True)
+class Student:
+    """What the model needs of a student record."""
+
+    birth_date: date
+    timezone: str
+
+
+@dataclass(frozen=True)
+class FeatureSnapshot:
+    """The shared feature code's answer for every tutor as of `known_until`."""
+
+    known_until: datetime
+    tutor_index: dict[str, int]
+    tutor_features: np.ndarray  # (tutors, TUTOR_HISTORY_COLUMNS)
+    students: dict[str, Student]
+    history: object  # training.features.TutorHistory, for predict-upcoming
+    build_seconds: float
+
+    def rows_of(self, tutor_ids: Sequence[str]) -> np.ndarray:
+        """History features of each tutor (UnknownTutor names the first unknown one)."""
+        try:
+            return self.tutor_features[[self.tutor_index[t] for t in tutor_ids]]
+        except KeyError as exc:
+            raise UnknownTutor(f"unknown tutor_id {exc.args[0]!r}") from None
+
+
+def build_snapshot(conn: psycopg.Connection, moment: datetime) -> FeatureSnapshot:
+    """Load the platform history as of `moment` and compute every tutor's features once."""
+    from training.features import TUTOR_HISTORY_COLUMNS, load_history
+
+    started = time.perf_counter()
+    history = load_history(conn, moment)
+    tutor_ids = list(history.tutor_codes)
+    table = history.features(tutor_ids, [moment] * len(tutor_ids))
+    students = {
+        sid: Student(birth, zone) for sid, birth, zone in conn.execute(STUDENTS_SQL).fetchall()
+    }
+    return FeatureSnapshot(
+        known_until=moment,
+        tutor_index={t: i for i, t in enumerate(tutor_ids)},
+        tutor_features=table[list(TUTOR_HISTORY_COLUMNS)].to_numpy(dtype=float),
+        students=students,
+        history=history,
+        build_seconds=time.perf_counter() - started,
+    )
+
+
+def local_context(start: datetime, timezone: str, birth_date: date | None, age: int | None):
+    """(local_hour, local_dow, student_age) of one session, as `training.features`
+    computes them (`local_time_features`, `age_on`); tests hold the two equal."""
+    local = start.astimezone(ZoneInfo(timezone))
+    if age is None:
+        if birth_date is None:
+            raise ValueError("either a birth date or an age is needed")
+        before = (local.month, local.day) < (birth_date.month, birth_date.day)
+        age = local.year - birth_date.year - int(before)
+    return local.hour + local.minute / 60.0, float(local.weekday()), float(age)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@dataclass
+class SnapshotKeeper:
+    """Owns one worker's feature snapshot, its database health and its request pool.
+
+    `resolve_url` and `clock` are passed in so tests can point it anywhere."""
+
+    resolve_url: Callable[[], str]
+    clock: Callable[[], datetime]
+    refresh_seconds: float = SNAPSHOT_REFRESH_SECONDS
+    check_seconds: float = DB_CHECK_SECONDS
+    snapshot: FeatureSnapshot | None = None
+    db_error: str | None = "not checked yet"
+    refresh_error: str | None = None
+    _url: str | None = None
+    _health: psycopg.Connection | None = None
+    _pool: object | None = None
+    _extra_students: dict[str, Student] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _refreshed_at: float = 0.0
+
+    # -- state -----------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """Model input can be built and the database answers."""
+        return self.snapshot is not None and self.db_error is None
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        if self.db_error is not None:
+            return f"database unavailable: {self.db_error}"
+        if self.snapshot is None:
+            reason = self.refresh_error or "still loading"
+            return f"tutor feature snapshot not loaded: {reason}"
+        return None
+
+    def current(self) -> FeatureSnapshot:
+        """The snapshot, or DatabaseUnavailable when there is none yet."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            raise DatabaseUnavailable(self.not_ready_reason or "not ready")
+        return snapshot
+
+    def require_database(self) -> None:
+        """Raise the reason when the last health check failed."""
+        if self.db_error is not None:
+            raise DatabaseUnavailable(f"database unavailable: {self.db_error}")
+
+    # -- reference checks used during request validation -----------------------------
+    def check_tutor(self, tutor_id: str) -> str | None:
+        snapshot = self.snapshot
+        if snapshot is None or tutor_id in snapshot.tutor_index:
+            return None
+        return f"unknown tutor_id {tutor_id!r}"
+
+    def check_student(self, student_id: str) -> str | None:
+        try:
+            self.student(student_id)
+        except KeyError:
+            return f"unknown student_id {student_id!r}"
+        except DatabaseUnavailable as exc:
+            return f"cannot be looked up now ({exc})"
+        return None
+
+    def student(self, student_id: str) -> Student:
+        """The student's record: from the snapshot, else read once and remembered
+        (students who signed up after the snapshot). KeyError when unknown."""
+        snapshot = self.current()
+        found = snapshot.students.get(student_id) or self._extra_students.get(student_id)
+        if found is not None:
+            return found
+        with self.connection() as conn:
+            row = conn.execute(ONE_STUDENT_SQL, (student_id,)).fetchone()
+        if row is None:
+            raise KeyError(student_id)
+        found = Student(row[1], row[2])
+        self._extra_students[student_id] = found
+        return found
+
+    # -- database ----------------------------------------------------------------------
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection for one unit of work; DatabaseUnavailable when none."""
+        from psycopg_pool import PoolTimeout
+
+        self.require_database()
+        pool = self._pool
+        if pool is None:
+            raise DatabaseUnavailable("database unavailable: not connected yet")
+        try:
+            with pool.connection(timeout=POOL_TIMEOUT_SECONDS) as conn:  # type: ignore[attr-defined]
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            self.db_error = _first_line(exc)
+            raise DatabaseUnavailable(f"database unavailable: {self.db_error}") from exc
+
+    def _open_pool(self, url: str) -> None:
+        from psycopg_pool import ConnectionPool
+
+        pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=POOL_MAX_SIZE,
+            open=False,
+            check=ConnectionPool.check_connection,
+            kwargs={"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS},
+            name="fsp-service",
+        )
+        pool.open(wait=False)
+        self._pool = pool
+
+    def check_database(self) -> bool:
+        """One health check on the dedicated connection, reconnecting when needed."""
+        try:
+            if self._url is None:
+                self._url = self.resolve_url()
+                self._open_pool(self._url)
+            if self._health is None or self._health.closed:
+                self._health = psycopg.connect(
+                    self._url, autocommit=True, connect_timeout=DB_CONNECT_TIMEOUT_SECONDS
+                )
+            self._health.execute("SELECT 1")
+        except Exception as exc:  # any failure means the same to a caller: not answering
+            self.db_error = _first_line(exc)
+            if self._health is not None:
+                self._health.close()
+                self._health = None
+            return False
+        self.db_error = None
+        return True
+
+    def refresh(self) -> FeatureSnapshot:
+        """Rebuild the snapshot now (on the health connection, outside any request)."""
+        if self._health is None:
+            raise DatabaseUnavailable(f"database unavailable: {self.db_error}")
+        moment = self.clock()
+        with self._health.transaction():
+            snapshot = build_snapshot(self._health, moment)
+        first = self.snapshot is None
+        self.snapshot = snapshot
+        self._extra_students = {}
+        self._refreshed_at = time.monotonic()
+        self.refresh_error = None
+        log.info(
+            "tutor feature snapshot as of %s: %d tutors, %d students, %.2f s",
+            moment.isoformat(),
+            len(snapshot.tutor_index),
+            len(snapshot.students),
+            snapshot.build_seconds,
+        )
+        if first:
+            gc.collect()
+            gc.freeze()  # long-lived objects out of the collector's way (fewer long pauses)
+        return snapshot
+
+    def tick(self) -> None:
+        """One round: check the database, rebuild the snapshot when missing or old."""
+        if not self.check_database():
+            return
+        due = time.monotonic() - self._refreshed_at >= self.refresh_seconds
+        if self.snapshot is None or due:
+            try:
+                self.refresh()
+            except Exception as exc:  # keep serving the previous snapshot; say why
+                self.refresh_error = _first_line(exc)
+                log.warning("snapshot refresh failed: %s", self.refresh_error)
+                self._refreshed_at = time.monotonic() - self.refresh_seconds + self.check_seconds
+
+    def start(self) -> None:
+        """Run `tick` in a daemon thread until `stop`."""
+        self._thread = threading.Thread(target=self._loop, name="fsp-snapshot", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # never let the keeper die: readiness would freeze
+                log.exception("snapshot keeper round failed")
+            self._stop.wait(self.check_seconds)
+
+    def stop(self) -> None:
+        """Stop the thread and close every connection."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._pool is not None:
+            self._pool.close()  # type: ignore[attr-defined]
+        if self._health is not None:
+            self._health.close()

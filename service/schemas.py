@@ -1,0 +1,222 @@
+"""Request and response models of the predict API (contract section 4).
+
+Validation is where bad input becomes a 4xx naming the field: pydantic reports
+the field's location, and the checks that need reference data (is this tutor
+known? this student?) ask the running service's feature snapshot. Running them
+during validation matters for /predict_batch: adaptive batching merges several
+requests into one call, so a bad row must be refused *before* the merge, or it
+would fail the other callers' rows too."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import lru_cache
+from typing import Annotated, Any, Literal, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from service.config import MAX_BATCH_SIZE, MAX_RANK_CANDIDATES
+from training.constants import SUBJECTS
+
+Subject = Literal[SUBJECTS]  # type: ignore[valid-type]
+RiskLevel = Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
+Identifier = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class ReferenceCheck(Protocol):
+    """What validation asks of the running service (see service.lookup.SnapshotKeeper)."""
+
+    def check_tutor(self, tutor_id: str) -> str | None: ...
+
+    def check_student(self, student_id: str) -> str | None: ...
+
+
+def _reference() -> ReferenceCheck | None:
+    """The serving worker's reference data, or None outside a server (in-process use:
+    the scoring logic then raises UnknownTutor itself)."""
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        service = bentoml.get_current_service()
+    except BentoMLException:
+        return None
+    return getattr(service, "reference", None)
+
+
+@lru_cache(maxsize=512)
+def _zone_exists(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+class StudentContext(BaseModel):
+    """The student and the proposed slot: `student_id`, or `student_age` + `timezone`."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    subject: Subject
+    scheduled_start: AwareDatetime = Field(
+        description="ISO 8601 with a UTC offset, e.g. 2026-11-03T16:00:00-05:00"
+    )
+    student_id: Identifier | None = None
+    student_age: int | None = Field(default=None, ge=0, le=120)
+    timezone: str | None = Field(default=None, description="IANA zone, e.g. America/New_York")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        if value is not None and not _zone_exists(value):
+            raise ValueError(f"unknown IANA time zone {value!r}, e.g. 'America/New_York'")
+        return value
+
+    @model_validator(mode="after")
+    def _student_given(self) -> StudentContext:
+        if self.uses_student_record:
+            reference = _reference()
+            problem = reference.check_student(self.student_id or "") if reference else None
+            if problem:
+                raise ValueError(f"student_id: {problem}")
+            return self
+        if self.student_age is None and self.timezone is None:
+            raise ValueError("student: give student_id, or student_age and timezone")
+        missing = "student_age" if self.student_age is None else "timezone"
+        if self.student_age is None or self.timezone is None:
+            raise ValueError(f"{missing}: required with the other one when no student_id is given")
+        return self
+
+    @property
+    def uses_student_record(self) -> bool:
+        """True when age and time zone come from the platform's student record."""
+        return self.student_age is None and self.timezone is None and self.student_id is not None
+
+
+def _known_tutor(tutor_id: str) -> str:
+    reference = _reference()
+    problem = reference.check_tutor(tutor_id) if reference else None
+    if problem:
+        raise ValueError(problem)
+    return tutor_id
+
+
+TutorId = Annotated[Identifier, AfterValidator(_known_tutor)]
+
+
+class SessionRequest(StudentContext):
+    """One upcoming first session to score (contract section 4)."""
+
+    tutor_id: TutorId
+    session_id: Identifier | None = Field(
+        default=None, description="when given, the prediction is stored (upsert by session_id)"
+    )
+
+
+def _unique_session_ids(sessions: list[SessionRequest]) -> list[SessionRequest]:
+    seen: set[str] = set()
+    for index, session in enumerate(sessions):
+        if session.session_id is None:
+            continue
+        if session.session_id in seen:
+            raise ValueError(f"[{index}].session_id: {session.session_id!r} appears twice")
+        seen.add(session.session_id)
+    return sessions
+
+
+SessionBatch = Annotated[
+    list[SessionRequest],
+    Field(min_length=1, max_length=MAX_BATCH_SIZE),
+    AfterValidator(_unique_session_ids),
+]
+
+
+def _unique_tutors(tutor_ids: list[str]) -> list[str]:
+    duplicates = sorted({t for t in tutor_ids if tutor_ids.count(t) > 1})
+    if duplicates:
+        raise ValueError(f"tutor_ids: listed more than once: {', '.join(duplicates)}")
+    return tutor_ids
+
+
+class RankRequest(StudentContext):
+    """A student context and the candidate tutors to order by risk."""
+
+    tutor_ids: Annotated[
+        list[TutorId],
+        Field(min_length=1, max_length=MAX_RANK_CANDIDATES),
+        AfterValidator(_unique_tutors),
+    ]
+
+
+class RiskFactor(BaseModel):
+    """One feature's push on this session's risk, in words a tutor email can reuse."""
+
+    feature: str
+    label: str
+    value: float | str
+    contribution: float = Field(description="push on the log-odds of a poor session")
+    direction: Literal["raises risk", "lowers risk"]
+
+
+class Risk(BaseModel):
+    """The scored risk of one session."""
+
+    risk_probability: float
+    risk_score: int
+    risk_level: RiskLevel
+    should_send_alert: bool
+    top_risk_factors: list[RiskFactor]
+    model_version: str
+
+
+class PredictionResponse(Risk):
+    """The answer for one session; prediction_id is set when it was stored."""
+
+    tutor_id: str
+    session_id: str | None = None
+    prediction_id: str | None = None
+
+
+class RankedTutor(Risk):
+    """One candidate with its risk; rank 1 is the lowest risk."""
+
+    rank: int
+    tutor_id: str
+
+
+class RankResponse(BaseModel):
+    """Candidates from lowest to highest risk."""
+
+    model_version: str
+    scheduled_start: datetime
+    subject: str
+    candidates: list[RankedTutor]
+
+
+class ModelInfo(BaseModel):
+    """What this server serves: the MLflow version it was built from, and its state."""
+
+    model_name: str
+    mlflow_version: str
+    mlflow_run_id: str
+    model_type: str
+    alert_threshold: float
+    bento_model: str
+    bento: str | None
+    scoring_path: Literal["numpy fast path", "sklearn"]
+    features_as_of: datetime | None
+    tutors_known: int
+    ready: bool
+    not_ready_reason: str | None
+    risk_bands: dict[str, float]
+    extra: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,310 @@
+"""In-process tests of the service logic: the fast path against the logged model on the
+holdout, the feature snapshot against the shared feature code, the request rules,
+and the expected failures (no champion, no Bento, database down)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+from conftest import DEMO_NOW
+from pydantic import ValidationError
+
+from service.config import MAX_BATCH_SIZE
+from service.fastpath import FastLinearScorer, LinearParams, ModelRows, scored
+from service.logic import RiskService, ServedModel
+from service.lookup import SnapshotKeeper, local_context
+from service.schemas import RankRequest, SessionRequest
+from training.constants import SUBJECTS
+from training.errors import DatabaseUnavailable, InvalidInput, NoChampion, UnknownTutor
+from training.features import age_on, build_model_input, load_history, local_time_features
+from training.settings import get_settings
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture(scope="module")
+def champion(trained_world: dict):
+    """The trained world's champion as ScoringModel, and its holdout model input."""
+    mp = pytest.MonkeyPatch()
+    from conftest import configure_env
+
+    configure_env(mp, trained_world["database_url"], trained_world["state_dir"])
+    try:
+        from training.dataset import build_training_set
+        from training.model import time_split
+        from training.registry import make_client
+        from training.scoring import load_scoring_model
+
+        settings = get_settings()
+        model = load_scoring_model(make_client(settings), settings.model_name)
+        with psycopg.connect(trained_world["database_url"]) as conn:
+            ts = build_training_set(conn, DEMO_NOW)
+        _, holdout = time_split(ts.starts, ts.cutoff, settings.holdout_days)
+        yield model, ts.X[holdout].reset_index(drop=True)
+    finally:
+        mp.undo()
+        get_settings.cache_clear()
+
+
+def test_fast_path_equals_the_logged_model_on_every_holdout_row(champion) -> None:
+    model, X = champion
+    assert model.is_linear and len(X) >= 50
+    fast = FastLinearScorer(
+        LinearParams.from_json(LinearParams.from_scoring_model(model).to_json())
+    )
+    rows = ModelRows.from_frame(X)
+    p, contributions = fast.score(rows)
+    assert np.max(np.abs(p - model.probabilities(X))) <= 1e-9
+    assert np.max(np.abs(contributions - model.contributions(X))) <= 1e-9
+    assert np.max(np.abs(p - model.model.predict_proba(X)[:, 1])) <= 1e-9
+
+
+def test_fast_path_reasons_equal_the_shared_scoring(champion) -> None:
+    from training.scoring import score
+
+    model, X = champion
+    fast = FastLinearScorer(LinearParams.from_scoring_model(model))
+    ours = scored(fast, ModelRows.from_frame(X), model.threshold, model.version)
+    theirs = score(model, X)
+    assert [o["top_risk_factors"] for o in ours] == list(theirs["top_risk_factors"])
+    assert [o["risk_level"] for o in ours] == list(theirs["risk_level"])
+    assert [o["should_send_alert"] for o in ours] == list(theirs["should_send_alert"])
+    assert [o["risk_score"] for o in ours] == list(theirs["risk_score"])
+
+
+def test_local_context_equals_the_shared_feature_code() -> None:
+    rng = np.random.default_rng(5)
+    zones = [
+        "America/New_York",
+        "America/Chicago",
+        "America/Denver",
+        "America/Phoenix",
+        "America/Los_Angeles",
+        "America/Anchorage",
+        "Pacific/Honolulu",
+        "Europe/London",
+        "Asia/Kolkata",
+        "UTC",
+    ]
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    starts = [base + timedelta(minutes=int(m)) for m in rng.integers(0, 60 * 24 * 730, 3000)]
+    # DST edges in the US and Europe, to the minute
+    for edge in ("2026-03-08T06:59", "2026-03-08T07:00", "2026-11-01T05:59", "2026-11-01T06:00"):
+        starts.append(datetime.fromisoformat(edge).replace(tzinfo=UTC))
+    tz = [zones[i % len(zones)] for i in range(len(starts))]
+    births = [date(2000 + i % 20, 1 + i % 12, 1 + i % 28) for i in range(len(starts))]
+    births[-1] = date(2010, 11, 1)  # a birthday on the local date of the last start
+    expected = local_time_features(starts, tz)
+    expected_age = age_on(births, starts, tz)
+    ours = np.array(
+        [local_context(s, z, b, None) for s, z, b in zip(starts, tz, births, strict=True)]
+    )
+    assert np.array_equal(ours[:, 0], expected["local_hour"].to_numpy())
+    assert np.array_equal(ours[:, 1], expected["local_dow"].to_numpy())
+    assert np.array_equal(ours[:, 2], expected_age.astype(float))
+
+
+@pytest.fixture(scope="module")
+def keeper(trained_world: dict):
+    """A keeper on the trained world (reads only), its snapshot as of DEMO_NOW."""
+    keeper = SnapshotKeeper(
+        resolve_url=lambda: trained_world["database_url"], clock=lambda: DEMO_NOW
+    )
+    assert keeper.check_database()
+    keeper.refresh()
+    yield keeper
+    keeper.stop()
+
+
+@pytest.fixture(scope="module")
+def logic(keeper, champion) -> RiskService:
+    model, _ = champion
+    served = ServedModel(
+        name="first-session-risk",
+        mlflow_version=model.version,
+        run_id=model.run_id,
+        model_type="logistic_regression",
+        threshold=model.threshold,
+        bento_model="test:1",
+        scorer=FastLinearScorer(LinearParams.from_scoring_model(model)),
+    )
+    return RiskService(served, keeper, clock=lambda: DEMO_NOW)
+
+
+def _upcoming(url: str) -> pd.DataFrame:
+    from training.predictions import upcoming_sessions
+
+    with psycopg.connect(url) as conn:
+        return upcoming_sessions(conn, DEMO_NOW, 72)
+
+
+def test_snapshot_rows_equal_build_model_input(trained_world: dict, keeper, logic) -> None:
+    """The service's model input is the shared feature code's, as of the request time."""
+    sessions = _upcoming(trained_world["database_url"])
+    assert len(sessions) > 10
+    requests = [
+        SessionRequest(
+            tutor_id=r.tutor_id,
+            subject=r.subject,
+            scheduled_start=r.scheduled_start,
+            student_id=r.student_id,
+        )
+        for r in sessions.itertuples()
+    ]
+    ours = logic.model_rows(requests, list(sessions["tutor_id"]), keeper.current()).frame()
+    with psycopg.connect(trained_world["database_url"]) as conn:
+        history = load_history(conn, DEMO_NOW)
+    later = DEMO_NOW + timedelta(minutes=3)  # a request a little after the snapshot
+    expected = build_model_input(history, sessions, [later] * len(sessions))
+    pd.testing.assert_frame_equal(ours, expected, check_exact=True)
+
+
+def test_predict_and_rank_agree_with_the_shared_scoring(
+    trained_world: dict, logic, champion
+) -> None:
+    from training.scoring import score
+
+    model, _ = champion
+    sessions = _upcoming(trained_world["database_url"]).head(20)
+    requests = [
+        SessionRequest(
+            tutor_id=r.tutor_id,
+            subject=r.subject,
+            scheduled_start=r.scheduled_start,
+            student_id=r.student_id,
+        )
+        for r in sessions.itertuples()
+    ]
+    answers = logic.predict(requests)
+    with psycopg.connect(trained_world["database_url"]) as conn:
+        X = build_model_input(load_history(conn, DEMO_NOW), sessions, [DEMO_NOW] * len(sessions))
+    expected = score(model, X)
+    assert np.allclose(
+        [a.risk_probability for a in answers], expected["risk_probability"], atol=1e-9, rtol=0
+    )
+    assert [a.model_dump()["top_risk_factors"] for a in answers] == list(
+        expected["top_risk_factors"]
+    )
+    assert all(a.prediction_id is None for a in answers)
+
+    first = sessions.iloc[0]
+    ranked = logic.rank(
+        RankRequest(
+            tutor_ids=list(dict.fromkeys(sessions["tutor_id"]))[:8],
+            subject=first["subject"],
+            scheduled_start=first["scheduled_start"],
+            student_id=first["student_id"],
+        )
+    )
+    risks = [c.risk_probability for c in ranked.candidates]
+    assert risks == sorted(risks) and ranked.candidates[0].rank == 1
+
+
+def test_unknown_tutor_and_student(logic) -> None:
+    start = DEMO_NOW + timedelta(days=1)
+    with pytest.raises(UnknownTutor, match="NOPE"):
+        logic.predict(
+            [
+                SessionRequest(
+                    tutor_id="NOPE",
+                    subject="algebra",
+                    scheduled_start=start,
+                    student_age=10,
+                    timezone="UTC",
+                )
+            ]
+        )
+    tutor = next(iter(logic.keeper.current().tutor_index))
+    with pytest.raises(InvalidInput, match="student_id"):
+        logic.predict(
+            [
+                SessionRequest(
+                    tutor_id=tutor, subject="algebra", scheduled_start=start, student_id="NOPE"
+                )
+            ]
+        )
+
+
+def test_database_down_is_not_ready_and_refuses() -> None:
+    keeper = SnapshotKeeper(
+        resolve_url=lambda: "postgresql://nobody@127.0.0.1:9/none", clock=lambda: DEMO_NOW
+    )
+    keeper.tick()
+    assert not keeper.ready and "database unavailable" in (keeper.not_ready_reason or "")
+    with pytest.raises(DatabaseUnavailable):
+        keeper.require_database()
+    with pytest.raises(DatabaseUnavailable):
+        keeper.current()
+    keeper.stop()
+
+
+VALID = {
+    "tutor_id": "T00001",
+    "subject": "algebra",
+    "scheduled_start": "2026-11-03T16:00:00-05:00",
+    "student_age": 12,
+    "timezone": "America/New_York",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"scheduled_start": "2026-11-03T16:00:00"}, "scheduled_start"),
+        ({"scheduled_start": "tomorrow"}, "scheduled_start"),
+        ({"student_age": -1}, "student_age"),
+        ({"student_age": "twelve"}, "student_age"),
+        ({"subject": "alchemy"}, "subject"),
+        ({"timezone": "Nowhere/City"}, "timezone"),
+        ({"timezone": None}, "timezone"),
+        ({"student_age": None, "timezone": None}, "student"),
+        ({"tutor_id": ""}, "tutor_id"),
+        ({"extra": 1}, "extra"),
+    ],
+)
+def test_request_rules_name_the_field(change: dict, named: str) -> None:
+    body = {**VALID, **change}
+    with pytest.raises(ValidationError) as caught:
+        SessionRequest.model_validate(body)
+    assert named in str(caught.value)
+
+
+def test_batch_rules() -> None:
+    from pydantic import TypeAdapter
+
+    from service.schemas import SessionBatch
+
+    batch = TypeAdapter(SessionBatch)
+    with pytest.raises(ValidationError, match="at least 1"):
+        batch.validate_python([])
+    with pytest.raises(ValidationError, match="at most"):
+        batch.validate_python([VALID] * (MAX_BATCH_SIZE + 1))
+    with pytest.raises(ValidationError, match="appears twice"):
+        batch.validate_python([{**VALID, "session_id": "a"}, {**VALID, "session_id": "a"}])
+    with pytest.raises(ValidationError, match=r"json_invalid|Invalid JSON"):
+        batch.validate_json(b"{nope")
+    assert len(batch.validate_python([VALID] * 3)) == 3
+    assert SessionRequest.model_validate(
+        {**VALID, "student_id": "S1", "student_age": None, "timezone": None}
+    ).uses_student_record
+    assert list(SUBJECTS)  # the literal offered to callers is the shared list
+
+
+def test_package_without_champion_is_a_clear_error(fsp_env: str, tmp_path, monkeypatch) -> None:
+    from service.packaging import package_champion
+
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    with pytest.raises(NoChampion, match="fsp train"):
+        package_champion(get_settings())
+
+
+def test_serve_without_bento_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    from service.packaging import NotPackaged, serve_packaged
+
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "empty"))
+    with pytest.raises(NotPackaged, match="fsp package"):
+        serve_packaged(get_settings(), port=3999)
