@@ -124,10 +124,15 @@ def _tip_subject(f: dict, ctx: SessionFacts) -> str:
 
 
 def _tip_new_tutor(f: dict, ctx: SessionFacts) -> str:
+    days = int(ctx.features.get("tutor_tenure_days") or 0)
+    opening = (
+        f"You joined {days} days ago, so every first session builds your reputation."
+        if days < NEW_TUTOR_DAYS
+        else "A new student only knows you from your profile, so structure earns trust."
+    )
     return (
-        "You are still new on the platform, so every first session builds your reputation. "
-        "Write down a simple plan (welcome, diagnostic, one focused topic, recap) before "
-        "you start."
+        f"{opening} Write down a simple plan (welcome, a short diagnostic, one focused "
+        "topic, a recap) and share it in the first minute."
     )
 
 
@@ -142,7 +147,7 @@ def _tip_first_sessions(f: dict, ctx: SessionFacts) -> str:
 def _tip_ratings(f: dict, ctx: SessionFacts) -> str:
     return (
         "Returning students' ratings suggest room to grow. Ask for feedback near the end "
-        "(\"Was this pace right for you?\") and adjust straight away."
+        '("Was this pace right for you?") and adjust straight away.'
     )
 
 
@@ -187,6 +192,8 @@ TIP_WRITERS: Final = {
 title appears once per email."""
 
 MAX_TIPS: Final = 3
+NEW_TUTOR_DAYS: Final = 60
+"""Below this tenure the email speaks of the tutor as new on the platform."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +218,7 @@ class SessionFacts:
     message_id: str
     history: dict[str, str] = field(default_factory=dict)
     factors: list[dict[str, Any]] = field(default_factory=list)
+    features: dict[str, Any] = field(default_factory=dict)
 
 
 def _starts_in(start: datetime, now: datetime) -> str:
@@ -218,7 +226,7 @@ def _starts_in(start: datetime, now: datetime) -> str:
     if minutes < 90:
         return f"in {minutes} minutes"
     hours = round(minutes / 60)
-    if hours < 36:
+    if hours < 48:
         return f"in about {hours} hours"
     return f"in {round(hours / 24)} days"
 
@@ -272,6 +280,7 @@ def session_facts(row: dict[str, Any], now: datetime) -> SessionFacts:
         message_id=str(row["message_id"]),
         history=_history(features),
         factors=list(_as_dict(row.get("top_risk_factors")) or []),
+        features=dict(features),
     )
 
 
@@ -290,18 +299,29 @@ def choose_tips(facts: SessionFacts, limit: int = MAX_TIPS) -> list[dict[str, st
         if len(tips) == limit:
             break
     if not tips:
-        tips.append(
-            {"title": "The subject", "text": _tip_subject({}, facts), "feature": "subject"}
-        )
+        tips.append({"title": "The subject", "text": _tip_subject({}, facts), "feature": "subject"})
     return tips
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def plain(value: Any) -> str:
-    """A value made safe for the plain-text part and headers: no control characters."""
+    """A value made safe for the plain-text part and headers: every control character
+    (line breaks included: no header injection) becomes a space."""
     return _CONTROL.sub(" ", str(value))
+
+
+class InvalidRecipient(ValueError):
+    """The tutor's address cannot be used; only that email is set aside."""
+
+
+def recipient(facts: SessionFacts) -> Address:
+    """The To: address with the tutor's name as display name (quoted by the library)."""
+    try:
+        return Address(plain(facts.tutor_name).strip(), addr_spec=plain(facts.tutor_email or ""))
+    except (ValueError, IndexError) as exc:
+        raise InvalidRecipient(f"invalid recipient {facts.tutor_email!r}: {exc}") from exc
 
 
 def _environment() -> Environment:
@@ -370,8 +390,7 @@ def build_message(
     message = EmailMessage()
     message["Subject"] = rendered.subject
     message["From"] = Address("First-session coach", addr_spec=sender)
-    to_name = plain(facts.tutor_name).strip()
-    message["To"] = Address(to_name, addr_spec=facts.tutor_email or "")
+    message["To"] = recipient(facts)
     message["Message-ID"] = facts.message_id
     message["Date"] = format_datetime(now)
     message["X-FSP-Session-Id"] = plain(facts.session_id)

@@ -23,12 +23,15 @@ IMPLICIT_TLS_PORT = 465
 
 
 class DeliveryFailed(Exception):
-    """A send that did not succeed; `uncertain` when the relay may have accepted it."""
+    """A send that did not succeed. `uncertain`: the relay may have accepted it anyway.
+    `relay_down`: nothing could be sent at all (no connection), so the rest of the
+    batch should wait for the next run instead of each failing in turn."""
 
-    def __init__(self, reason: str, *, uncertain: bool = False) -> None:
+    def __init__(self, reason: str, *, uncertain: bool = False, relay_down: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.uncertain = uncertain
+        self.relay_down = relay_down
 
 
 class Mailer(Protocol):
@@ -107,7 +110,9 @@ class SmtpMailer:
         try:
             client = self._connect()
         except (OSError, smtplib.SMTPException) as exc:
-            raise DeliveryFailed(f"cannot connect to {self.describe()}: {exc}") from exc
+            raise DeliveryFailed(
+                f"cannot connect to {self.describe()}: {exc}", relay_down=True
+            ) from exc
         try:
             self._hand_over(client, message, sender, recipients)
         finally:

@@ -1,0 +1,98 @@
+"""`fsp demo` end to end, as a user runs it: a subprocess with nothing but a fresh state
+folder (no DATABASE_URL, no MLFLOW_TRACKING_URI, no SMTP) — embedded PostgreSQL,
+local MLflow store, outbox folder, Prefect's ephemeral API."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from training.settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.services
+
+DEMO_TIMEOUT_SECONDS = 900
+FSP = PROJECT_ROOT / ".venv" / "bin" / "fsp"
+
+
+def stop_embedded_postgres(pg_dir: Path) -> None:
+    """Stop the embedded PostgreSQL the demo started (by the pid it recorded)."""
+    pid_file = pg_dir / "postmaster.pid"
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text().splitlines()[0])
+    try:
+        os.kill(pid, signal.SIGINT)  # fast shutdown
+    except ProcessLookupError:
+        return
+    for _ in range(100):
+        if not pid_file.exists():
+            return
+        time.sleep(0.1)
+
+
+def run_demo(state: Path) -> subprocess.CompletedProcess:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "MLFLOW_TRACKING_URI", "PREFECT_HOME", "PREFECT_API_URL")
+        and not k.startswith("SMTP_")
+    }
+    env.update(
+        FSP_STATE_DIR=str(state),
+        FSP_DEMO_TUTORS="300",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",  # a busy CI machine
+    )
+    return subprocess.run(
+        [str(FSP), "demo"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_SECONDS,
+    )
+
+
+def test_fsp_demo_runs_the_whole_loop_on_embedded_defaults(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    try:
+        started = time.monotonic()
+        first = run_demo(state)
+        seconds = time.monotonic() - started
+        assert first.returncode == 0, first.stderr[-4000:]
+        out = first.stdout
+        print(out, f"\n(wall time {seconds:.0f} s)")
+        assert "fsp demo: the whole loop" in out
+        for label in (
+            "platform",
+            "champion",
+            "bento",
+            "scored",
+            "emails",
+            "reconciled",
+            "live",
+            "drift",
+            "report",
+            "MLflow UI",
+            "Prefect UI",
+        ):
+            assert re.search(rf"^  {label}\b", out, re.M), label
+        sent = int(re.search(r"^  emails\s+(\d+) sent", out, re.M).group(1))  # type: ignore[union-attr]
+        assert len(list((state / "outbox").glob("*.eml"))) == sent > 0
+        reports = list((state / "reports").rglob("*.html"))
+        assert reports and all(r.stat().st_size > 100_000 for r in reports)
+        assert (state / "mlflow.db").exists() and (state / "pg").exists()
+
+        again = run_demo(state)  # a rerun reuses everything and sends nothing twice
+        assert again.returncode == 0, again.stderr[-4000:]
+        assert "(already there)" in again.stdout and "(trained earlier)" in again.stdout
+        assert len(list((state / "outbox").glob("*.eml"))) == sent
+    finally:
+        stop_embedded_postgres(state / "pg")
