@@ -43,7 +43,10 @@ def ephemeral_prefect_defaults() -> None:
 
 def _prepare_environment(settings: Settings) -> None:
     """Prefect's home and quiet defaults, set before Prefect is first imported."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(settings.state_dir / "prefect"))
+    # The ephemeral API can take longer than Prefect's 20 s default on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     ephemeral_prefect_defaults()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -15,6 +15,7 @@ build when it does not on its probe rows. Any other model family is served throu
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 
-from training.constants import risk_level, risk_score
+from training.constants import RISK_BANDS, risk_level, risk_score
 from training.features import FACTOR_LABELS, MODEL_INPUT_COLUMNS
 
 if TYPE_CHECKING:
@@ -264,3 +265,86 @@ def scored(
 
 _VALUE_COLUMN = [NUMERIC_COLUMNS.index(c) if c != "subject" else -1 for c in MODEL_INPUT_COLUMNS]
 _LABELS = [FACTOR_LABELS[c] for c in MODEL_INPUT_COLUMNS]
+
+
+# -- the batch answer, written as JSON text directly ---------------------------------------
+def _json_prefix(column: str) -> str:
+    return f'{{"feature":{json.dumps(column)},"label":{json.dumps(FACTOR_LABELS[column])},"value":'
+
+
+_FACTOR_PREFIX = [_json_prefix(c) for c in MODEL_INPUT_COLUMNS]
+_SUBJECT = MODEL_INPUT_COLUMNS.index("subject")
+_VALUE_INDEX = np.array([max(c, 0) for c in _VALUE_COLUMN])
+_DIRECTION = (',"direction":"lowers risk"}', ',"direction":"raises risk"}')
+_FACTOR_TEXT: dict[tuple[int, float | str, float], str] = {}
+"""JSON text of a factor by (column, value, push): a batch repeats them (same tutor,
+hour, subject), and writing one costs more than finding it. Cleared when large."""
+_FACTOR_TEXT_MAX = 200_000
+
+
+def _factor_text(column: int, value: float | str, push: float) -> str:
+    """One top factor as `scored` words it (contribution = round(push, 4): "%.4f" is
+    the same correctly rounded decimal), as JSON."""
+    shown = json.dumps(value) if isinstance(value, str) else repr(value)
+    return f'{_FACTOR_PREFIX[column]}{shown},"contribution":{push:.4f}{_DIRECTION[push > 0]}'
+
+
+_LEVELS = [name for name, _ in RISK_BANDS]
+_LOWER = np.array([lower for _, lower in RISK_BANDS])
+
+
+def scored_json(
+    scorer: FastLinearScorer | SklearnScorer,
+    rows: ModelRows,
+    threshold: float,
+    version: str,
+    tutor_ids: Sequence[str],
+) -> list[str] | None:
+    """`scored` for a whole batch as JSON texts in PredictionResponse's shape (with
+    `tutor_id`, no session or prediction id), built from numpy arrays with one string
+    format per factor instead of a dict per factor and a serialiser walking them.
+    Same values as `scored` (same order, rounding and words). None when a value is not
+    finite (JSON has no NaN): the caller then takes the dict path."""
+    p, contributions = scorer.score(rows)
+    order = np.argsort(-np.abs(contributions), axis=1)[:, : scorer.top_factors]
+    push = np.take_along_axis(contributions, order, axis=1)
+    values = np.take_along_axis(rows.numeric, _VALUE_INDEX[order], axis=1)
+    if not (np.isfinite(p).all() and np.isfinite(push).all() and np.isfinite(values).all()):
+        return None
+    clipped = np.clip(p, 0.0, 1.0)
+    scores = np.rint(clipped * 100).astype(np.int64).tolist()  # == risk_score (round half even)
+    levels = (np.searchsorted(_LOWER, p, side="right") - 1).clip(0).tolist()
+    alerts = (p >= threshold).tolist()
+    head = f',"model_version":{json.dumps(version)},"tutor_id":'
+    tail = ',"session_id":null,"prediction_id":null}'
+    tutors = {t: json.dumps(t) for t in set(tutor_ids)}
+    text_of, subject_column = _FACTOR_TEXT, _SUBJECT
+    if len(text_of) > _FACTOR_TEXT_MAX:
+        text_of.clear()
+    out = []
+    for probability, score, level, alert, cols, pushes, vals, subject, tutor in zip(
+        p.tolist(),
+        scores,
+        levels,
+        alerts,
+        order.tolist(),
+        push.tolist(),
+        values.tolist(),
+        rows.subjects.tolist(),
+        tutor_ids,
+        strict=True,
+    ):
+        parts = []
+        for j, c, v in zip(cols, pushes, vals, strict=True):
+            key = (j, subject if j == subject_column else v, c)
+            text = text_of.get(key)
+            if text is None:
+                text = text_of[key] = _factor_text(*key)
+            parts.append(text)
+        factors = ",".join(parts)
+        out.append(
+            f'{{"risk_probability":{probability!r},"risk_score":{score},'
+            f'"risk_level":"{_LEVELS[level]}","should_send_alert":{"true" if alert else "false"},'
+            f'"top_risk_factors":[{factors}]{head}{tutors[tutor]}{tail}'
+        )
+    return out

@@ -12,9 +12,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import TypeAdapter
 
 from service.config import BENTO_MODEL_ARTIFACT, FAST_PATH_FILE
-from service.fastpath import FastLinearScorer, LinearParams, ModelRows, SklearnScorer, scored
+from service.fastpath import (
+    FastLinearScorer,
+    LinearParams,
+    ModelRows,
+    SklearnScorer,
+    scored,
+    scored_json,
+)
 from service.lookup import FeatureSnapshot, SnapshotKeeper, local_context
 from service.schemas import (
     PredictionResponse,
@@ -96,6 +104,9 @@ def _frame(sessions: Sequence[SessionRequest], students: list[str | None]) -> pd
     )
 
 
+_ANSWER: TypeAdapter = TypeAdapter(dict[str, Any])
+
+
 class RiskService:
     """Scores sessions as of request time with the served model and the feature snapshot."""
 
@@ -156,6 +167,48 @@ class RiskService:
             result["session_id"] = s.session_id
             result["prediction_id"] = ids.get(s.session_id) if s.session_id else None
         return results
+
+    def batch_model_rows(self, rows: Sequence[dict[str, Any]], snapshot: FeatureSnapshot):
+        """`model_rows` for parsed batch rows (`service.batchio.SessionRow` dicts)."""
+        history = snapshot.rows_of([r["tutor_id"] for r in rows])
+        context: list[tuple[float, float, float]] = []
+        known: dict[tuple, tuple[float, float, float]] = {}  # a batch repeats slots
+        student_of = self._student
+        for r in rows:
+            age, zone, birth = r.get("student_age"), r.get("timezone"), None
+            if age is None and zone is None:
+                student = student_of(r.get("student_id") or "")
+                zone, birth = student.timezone, student.birth_date
+            key = (r["scheduled_start"], zone, birth, age)
+            found = known.get(key)
+            if found is None:
+                found = known[key] = local_context(key[0], zone or "", birth, age)
+            context.append(found)
+        subjects = np.array([r["subject"] for r in rows], dtype=object)
+        numeric = np.hstack([history, np.array(context, dtype=float).reshape(len(rows), 3)])
+        return ModelRows(numeric=numeric, subjects=subjects)
+
+    def predict_batch_json(self, rows: Sequence[dict[str, Any]]) -> list[str]:
+        """`predict_records` for parsed batch rows, each answer as its JSON text: the
+        /predict_batch path, vectorised over the batch (rows with a session_id are
+        stored, through `predict_records`)."""
+        if any(r.get("session_id") for r in rows):
+            sessions = [SessionRequest.model_construct(**r) for r in rows]
+            return [_ANSWER.dump_json(a).decode() for a in self.predict_records(sessions)]
+        self.keeper.require_database()
+        snapshot = self.keeper.current()
+        tutor_ids = [r["tutor_id"] for r in rows]
+        model_rows = self.batch_model_rows(rows, snapshot)
+        model = self.model
+        texts = scored_json(
+            model.scorer, model_rows, model.threshold, model.mlflow_version, tutor_ids
+        )
+        if texts is None:  # a value JSON cannot carry as a number: the dict path writes null
+            results = scored(model.scorer, model_rows, model.threshold, model.mlflow_version)
+            for tutor_id, result in zip(tutor_ids, results, strict=True):
+                result.update(tutor_id=tutor_id, session_id=None, prediction_id=None)
+            texts = [_ANSWER.dump_json(a).decode() for a in results]
+        return texts
 
     def _store(self, sessions, rows: ModelRows, results: list[dict], now: datetime):
         keep = [i for i, s in enumerate(sessions) if s.session_id]

@@ -189,9 +189,12 @@ class FirstSessionRisk:
         output_spec=PredictionList,
     )
     def predict_batch(self, sessions: SessionBatch, /) -> list[PredictionResponse]:
-        """Risks of many sessions, in order (validated per request before batching)."""
+        """Risks of many sessions, in order (validated per request before batching).
+
+        `sessions` arrive as parsed rows (`service.batchio.SessionRow` dicts) and the
+        answers leave as JSON texts, one per row (`service.batchio.PredictionList`)."""
         try:
-            return self.logic.predict_records(sessions)  # type: ignore[return-value]
+            return self.logic.predict_batch_json(sessions)  # type: ignore[arg-type,return-value]
         except DatabaseUnavailable as exc:
             raise ServiceUnavailable(str(exc)) from exc
         except FspError as exc:

@@ -308,3 +308,26 @@ def test_serve_without_bento_is_a_clear_error(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "empty"))
     with pytest.raises(NotPackaged, match="fsp package"):
         serve_packaged(get_settings(), port=3999)
+
+
+def test_batch_json_equals_the_per_row_answers(trained_world: dict, logic) -> None:
+    """/predict_batch's vectorised JSON path answers what `predict_records` answers."""
+    import json
+
+    from service.batchio import parse_batch
+
+    sessions = _upcoming(trained_world["database_url"])
+    body = [
+        {
+            "tutor_id": r.tutor_id,
+            "subject": r.subject,
+            "scheduled_start": r.scheduled_start.isoformat(),
+            "student_id": r.student_id,
+        }
+        for r in sessions.itertuples()
+    ]
+    body.append({**body[0], "student_id": None, "student_age": 15, "timezone": "Asia/Kolkata"})
+    rows = parse_batch(json.dumps(body))
+    ours = [json.loads(text) for text in logic.predict_batch_json(rows)]
+    theirs = logic.predict_records([SessionRequest.model_validate(b) for b in body])
+    assert ours == theirs

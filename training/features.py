@@ -279,32 +279,59 @@ def build_model_input(history: TutorHistory, sessions: pd.DataFrame, moments) ->
     return frame[list(MODEL_INPUT_COLUMNS)]
 
 
+def _epoch_us(column: str, name: str) -> str:
+    """SQL for an instant as integer microseconds since the epoch (fast to bring into numpy)."""
+    return f"(extract(epoch FROM {column}) * 1000000)::bigint AS {name}"
+
+
 _HISTORY_QUERIES = {
-    "tutors": "SELECT tutor_id, onboarded_at FROM platform.tutors ORDER BY tutor_id",
-    "sessions": "SELECT tutor_id, scheduled_start, duration_minutes, status, is_first_session"
+    "tutors": f"SELECT tutor_id, {_epoch_us('onboarded_at', 'onboarded_at')}"
+    " FROM platform.tutors ORDER BY tutor_id",
+    "sessions": f"SELECT tutor_id, {_epoch_us('scheduled_start', 'scheduled_start')},"
+    " duration_minutes, status, is_first_session"
     " FROM platform.sessions WHERE scheduled_start < %(t)s"
     " AND status IN ('completed', 'rescheduled', 'no_show')",
-    "feedback": "SELECT s.tutor_id, s.is_first_session, f.rating, f.submitted_at"
+    "feedback": f"SELECT s.tutor_id, s.is_first_session, f.rating,"
+    f" {_epoch_us('f.submitted_at', 'submitted_at')}"
     " FROM platform.feedback f JOIN platform.sessions s USING (session_id)"
     " WHERE f.submitted_at < %(t)s",
-    "engagement": "SELECT tutor_id, as_of, score FROM platform.tutor_engagement"
-    " WHERE as_of <= %(t)s",
+    "engagement": f"SELECT tutor_id, {_epoch_us('as_of', 'as_of')}, score"
+    " FROM platform.tutor_engagement WHERE as_of <= %(t)s",
+}
+_HISTORY_INSTANTS = {
+    "tutors": "onboarded_at",
+    "sessions": "scheduled_start",
+    "feedback": "submitted_at",
+    "engagement": "as_of",
 }
 
 
-def read_frame(conn: psycopg.Connection, sql: str, params: dict | None = None) -> pd.DataFrame:
-    """A query's rows as a DataFrame (column names from the cursor)."""
+def read_frame(
+    conn: psycopg.Connection, sql: str, params: dict | None = None, *, infer: bool = True
+) -> pd.DataFrame:
+    """A query's rows as a DataFrame (column names from the cursor).
+
+    `infer=False` keeps Python objects as they come (no dtype inference), which is
+    much faster on wide reads when the caller converts the columns it needs."""
     with conn.cursor() as cur:
         cur.execute(sql, params)  # type: ignore[arg-type]
         columns = [d.name for d in cur.description or []]
-        return pd.DataFrame(cur.fetchall(), columns=columns)
+        rows = cur.fetchall()
+    if infer:
+        return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=columns, dtype=object)
+
+
+def _read_history_frame(conn: psycopg.Connection, name: str, known_until: datetime) -> pd.DataFrame:
+    frame = read_frame(conn, _HISTORY_QUERIES[name], {"t": known_until}, infer=False)
+    instant = _HISTORY_INSTANTS[name]
+    frame[instant] = pd.to_datetime(frame[instant].to_numpy(dtype=np.int64), unit="us", utc=True)
+    return frame
 
 
 def load_history(conn: psycopg.Connection, known_until: datetime) -> TutorHistory:
     """Read the platform's tutor history as it stood at `known_until`."""
-    frames = {
-        name: read_frame(conn, sql, {"t": known_until}) for name, sql in _HISTORY_QUERIES.items()
-    }
+    frames = {name: _read_history_frame(conn, name, known_until) for name in _HISTORY_QUERIES}
     return TutorHistory.from_frames(
         frames["tutors"], frames["sessions"], frames["feedback"], frames["engagement"], known_until
     )

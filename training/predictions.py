@@ -7,7 +7,6 @@ values changes nothing at all (not even updated_at)."""
 
 from __future__ import annotations
 
-import io
 import json
 from datetime import datetime, timedelta
 
@@ -63,6 +62,10 @@ def model_input_as_of(history: TutorHistory, sessions: pd.DataFrame, now: dateti
     return build_model_input(history, sessions, [now] * len(sessions))
 
 
+def _compact_json(value) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def prediction_rows(
     sessions: pd.DataFrame, X: pd.DataFrame, scored: pd.DataFrame, now: datetime, threshold: float
 ) -> pd.DataFrame:
@@ -80,9 +83,32 @@ def prediction_rows(
     ):
         rows[column] = scored[column].to_numpy()
     rows["alert_threshold"] = threshold
-    rows["top_risk_factors"] = [json.dumps(f) for f in scored["top_risk_factors"]]
-    rows["features"] = [json.dumps(r) for r in X.to_dict("records")]
+    rows["top_risk_factors"] = [_compact_json(f) for f in scored["top_risk_factors"]]
+    features = X.to_json(orient="records", lines=True, double_precision=10)
+    rows["features"] = features.splitlines() if len(X) else []
     return rows[list(STORED_COLUMNS)]
+
+
+def _copy_text(rows: pd.DataFrame) -> str:
+    """The rows in COPY's text format (tab-separated, \\N for NULL, backslashes doubled).
+
+    Built from plain lists: several times faster than DataFrame.to_csv on 100k rows
+    whose JSON columns need quoting."""
+    columns = []
+    for name in STORED_COLUMNS:
+        values = rows[name]
+        if pd.api.types.is_datetime64_any_dtype(values):
+            texts = values.dt.strftime("%Y-%m-%d %H:%M:%S.%f%z").tolist()
+        else:
+            texts = [_escape(v) for v in values.tolist()]
+        columns.append(texts)
+    return "".join("\t".join(line) + "\n" for line in zip(*columns, strict=True))
+
+
+def _escape(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "\\N"
+    return str(value).replace("\\", "\\\\")
 
 
 def upsert_predictions(conn: psycopg.Connection, rows: pd.DataFrame) -> int:
@@ -90,18 +116,15 @@ def upsert_predictions(conn: psycopg.Connection, rows: pd.DataFrame) -> int:
     if rows.empty:
         return 0
     columns = ", ".join(STORED_COLUMNS)
-    buffer = io.StringIO()
-    rows.to_csv(buffer, index=False, header=False)
+    text = _copy_text(rows)
     changed_if = " OR ".join(f"p.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in _COMPARED)
     with conn.transaction():
         conn.execute(
             "CREATE TEMP TABLE incoming_predictions (LIKE fsp.first_session_predictions"
             " INCLUDING DEFAULTS) ON COMMIT DROP"
         )
-        with conn.cursor().copy(
-            f"COPY incoming_predictions ({columns}) FROM STDIN WITH (FORMAT csv)"
-        ) as cp:
-            cp.write(buffer.getvalue())
+        with conn.cursor().copy(f"COPY incoming_predictions ({columns}) FROM STDIN") as cp:
+            cp.write(text)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in STORED_COLUMNS if c != "session_id")
         result = conn.execute(
             f"INSERT INTO fsp.first_session_predictions AS p ({columns})"

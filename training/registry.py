@@ -50,8 +50,9 @@ def ensure_experiment(client: MlflowClient, settings: Settings) -> str:
     found = client.get_experiment_by_name(settings.experiment_name)
     if found is not None:
         return found.experiment_id
-    location = None if settings.mlflow_tracking_uri else settings.mlflow_artifact_root
-    return client.create_experiment(settings.experiment_name, artifact_location=location)
+    return client.create_experiment(
+        settings.experiment_name, artifact_location=settings.mlflow_artifact_location
+    )
 
 
 def git_commit() -> str:

@@ -99,42 +99,39 @@ def _safe_logit(p: np.ndarray) -> np.ndarray:
     return logit(np.clip(p, 1e-9, 1 - 1e-9))
 
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def top_factors(X: pd.DataFrame, contributions: np.ndarray, k: int = TOP_FACTORS):
-    """For each row, the k features with the largest push, in plain words."""
-    out = []
-    records = X.to_dict("records")
-    for row, contrib in zip(records, contributions, strict=True):
-        order = np.argsort(-np.abs(contrib))[:k]
-        out.append(
-            [
-                {
-                    "feature": MODEL_INPUT_COLUMNS[j],
-                    "label": FACTOR_LABELS[MODEL_INPUT_COLUMNS[j]],
-                    "value": _json_value(row[MODEL_INPUT_COLUMNS[j]]),
-                    "contribution": round(float(contrib[j]), 4),
-                    "direction": "raises risk" if contrib[j] > 0 else "lowers risk",
-                }
-                for j in order
-            ]
-        )
-    return out
+    """For each row, the k features with the largest push, in plain words.
+
+    Plain lists and dicts, no pandas per row: this runs for every scored session."""
+    order = np.argsort(-np.abs(contributions), axis=1)[:, :k].tolist()
+    pushes = contributions.tolist()
+    columns = [X[c].tolist() for c in MODEL_INPUT_COLUMNS]
+    labels = [FACTOR_LABELS[c] for c in MODEL_INPUT_COLUMNS]
+    return [
+        [
+            {
+                "feature": MODEL_INPUT_COLUMNS[j],
+                "label": labels[j],
+                "value": columns[j][i],
+                "contribution": round(push[j], 4),
+                "direction": "raises risk" if push[j] > 0 else "lowers risk",
+            }
+            for j in row_order
+        ]
+        for i, (row_order, push) in enumerate(zip(order, pushes, strict=True))
+    ]
 
 
 def score(model: ScoringModel, X: pd.DataFrame) -> pd.DataFrame:
     """Risk predictions for raw model input: probability, score, band, alert flag, reasons."""
     p = model.probabilities(X)
     alert = p >= model.threshold
+    probabilities = p.tolist()
     return pd.DataFrame(
         {
             "risk_probability": p,
-            "risk_score": [risk_score(v) for v in p],
-            "risk_level": [risk_level(v) for v in p],
+            "risk_score": [risk_score(v) for v in probabilities],
+            "risk_level": [risk_level(v) for v in probabilities],
             "risk_prediction": alert.astype(int),
             "should_send_alert": alert,
             "top_risk_factors": top_factors(X, model.contributions(X)),

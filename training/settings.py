@@ -77,9 +77,13 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.state_dir / 'mlflow.db'}"
 
     @property
-    def mlflow_artifact_root(self) -> str:
-        """Artifact location used when the embedded store creates the experiment."""
-        return (self.state_dir / "mlartifacts").as_uri()
+    def mlflow_artifact_location(self) -> str | None:
+        """Where a new experiment keeps artifacts: under the state folder for a local
+        (SQLite/file) store, the server's own default for a tracking server."""
+        uri = self.resolved_mlflow_uri
+        if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+            return (self.state_dir / "mlartifacts").as_uri()
+        return None
 
 
 @lru_cache(maxsize=1)
