@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from service.store import (
     tutor_predictions,
 )
 from training.errors import InvalidInput, UnknownTutor
+from training.outcomes import holdout_comparison
 
 
 @dataclass(frozen=True)
@@ -344,4 +345,6 @@ class RiskService:
         moment = now or self.clock()
         with self.keeper.connection() as conn:
             figures = prediction_summary(conn, moment, days)
+            since = moment - timedelta(days=days)
+            figures["alerted_vs_holdout"] = holdout_comparison(conn, since, moment)
         return {"now": moment.isoformat(), "days": days, **figures}

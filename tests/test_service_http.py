@@ -387,6 +387,9 @@ def test_read_endpoints(client: httpx.Client, served: dict, known: dict) -> None
     summary = client.get(f"{api}/analytics/summary", params={"days": 7}).json()
     assert summary["total_predictions"] >= 1
     assert set(summary) >= {"high_risk_rate", "alert_rate", "accuracy", "total_predictions"}
+    comparison = summary["alerted_vs_holdout"]
+    assert set(comparison) == {"alerted", "holdout", "difference", "ci95"}
+    assert set(comparison["alerted"]) == {"sessions", "poor", "poor_rate"}
 
     with psycopg.connect(served["database_url"]) as conn:
         conn.execute(
