@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from flows.common import parse_moment
 from training.errors import FspError, InvalidInput
 from training.settings import Settings, get_settings
 
@@ -48,7 +49,9 @@ def _prepare_environment(settings: Settings) -> None:
     # The ephemeral API can take longer than Prefect's 20 s default on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     ephemeral_prefect_defaults()
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # The CLI prints each flow's result; Prefect's own console chatter (e.g. the events
+    # worker flushing at exit) stays in the flow-run logs unless it is an error.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # An unreachable tracking server should fail in seconds, not after minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -100,7 +103,6 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> None:
-    from flows.common import parse_moment
     from training import demo_data
     from training.db import connection
 
@@ -116,7 +118,7 @@ def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
     from flows.train import train_flow
 
-    _print(train_flow(as_of=args.as_of))
+    _print(train_flow(as_of=parse_moment(args.as_of, "--as-of")))
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
@@ -152,25 +154,25 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_score(args: argparse.Namespace, settings: Settings) -> None:
     from flows.score import score_flow
 
-    _print(score_flow(now=args.now, lookahead_hours=args.lookahead_hours))
+    _print(score_flow(now=parse_moment(args.now), lookahead_hours=args.lookahead_hours))
 
 
 def cmd_alerts(args: argparse.Namespace, settings: Settings) -> None:
     from flows.alerts import alerts_flow
 
-    _print(alerts_flow(now=args.now))
+    _print(alerts_flow(now=parse_moment(args.now)))
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> None:
     from flows.reconcile import reconcile_flow
 
-    _print(reconcile_flow(now=args.now))
+    _print(reconcile_flow(now=parse_moment(args.now)))
 
 
 def cmd_monitor(args: argparse.Namespace, settings: Settings) -> None:
     from flows.monitor import monitor_flow
 
-    _print(monitor_flow(now=args.now, window_days=args.window_days))
+    _print(monitor_flow(now=parse_moment(args.now), window_days=args.window_days))
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
