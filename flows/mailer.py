@@ -5,7 +5,7 @@ A failed delivery says whether the message *certainly* did not go out (the
 relay refused it, or the connection failed before the message was handed over:
 safe to retry) or whether the outcome is *uncertain* (the connection dropped
 while the relay was taking the message). The alerts flow retries the first and,
-to never send twice, does not retry the second (see flows/README.md)."""
+to never send twice, does not retry the second (see README.md, "Alerts: exactly one email")."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ MAX_RANK_CANDIDATES: Final = 100
 """Most candidate tutors one /rank_tutors request may carry."""
 
 SNAPSHOT_REFRESH_SECONDS: Final = 300.0
-"""Age after which the tutor-feature snapshot is rebuilt (see service/README.md)."""
+"""Age after which the tutor-feature snapshot is rebuilt (see README.md, "How the tutor-history lookup is amortised")."""
 
 DB_CHECK_SECONDS: Final = 1.0
 """How often each worker checks that the database answers (readiness, 503s)."""
