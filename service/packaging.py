@@ -167,7 +167,8 @@ def import_champion(settings: Settings, home: Path) -> dict[str, Any]:
             "training_window": version.tags.get("training_window", ""),
             "data_fingerprint": version.tags.get("data_fingerprint", ""),
             "scoring_path": "numpy fast path" if params is not None else "sklearn",
-            "fast_path_max_error": error,
+            # BentoML metadata takes no None: a non-linear champion has no fast path.
+            "fast_path_max_error": error if error is not None else "n/a (not linear)",
             "mlflow_tracking_uri": settings.resolved_mlflow_uri,
         }
         with bentoml.models.create(
