@@ -46,10 +46,10 @@ from flows.retrying import RETRYING
 from training.constants import CHAMPION_ALIAS
 from training.dataset import build_training_set
 from training.db import connection
-from training.errors import InvalidInput, NoChampion, NotEnoughData
+from training.errors import InvalidInput, NotEnoughData
 from training.features import read_frame
 from training.model import evaluate
-from training.registry import alias_version, ensure_experiment, make_client
+from training.registry import aliased_version, ensure_experiment, make_client
 from training.settings import Settings, get_settings
 
 RETRAIN_EVENT: Final = "fsp.model.retrain-requested"
@@ -90,11 +90,7 @@ class Champion:
 
 def champion_info(client: MlflowClient, name: str) -> Champion:
     """The champion version and its lineage tags, or NoChampion."""
-    version = alias_version(client, name, CHAMPION_ALIAS)
-    if version is None:
-        raise NoChampion(
-            f"model {name!r} has no 'champion' yet: run `fsp train` or `fsp promote VERSION`"
-        )
+    version = aliased_version(client, name, CHAMPION_ALIAS)
     tags = version.tags or {}
     cutoff = parse_moment(tags["cutoff"], "cutoff tag") if tags.get("cutoff") else None
     return Champion(

@@ -22,7 +22,7 @@ import pandas as pd
 
 from service.config import BENTO_MODEL_ARTIFACT, FAST_PATH_FILE, SERVICE_NAME
 from training.constants import CHAMPION_ALIAS, SUBJECTS
-from training.errors import FspError, NoChampion
+from training.errors import FspError
 from training.features import MODEL_INPUT_COLUMNS
 from training.settings import PROJECT_ROOT, Settings
 
@@ -119,16 +119,11 @@ def import_champion(settings: Settings, home: Path) -> dict[str, Any]:
     from bentoml._internal.models import ModelStore
 
     from service.fastpath import LinearParams
-    from training.registry import alias_version, load_sklearn, make_client
+    from training.registry import aliased_version, load_sklearn, make_client
     from training.scoring import ScoringModel
 
     client = make_client(settings)
-    version = alias_version(client, settings.model_name, CHAMPION_ALIAS)
-    if version is None:
-        raise NoChampion(
-            f"model {settings.model_name!r} has no {CHAMPION_ALIAS!r} yet:"
-            " run `fsp train` or `fsp promote VERSION` before `fsp package`"
-        )
+    version = aliased_version(client, settings.model_name, CHAMPION_ALIAS)
     number, run_id = str(version.version), version.run_id or ""
     (home / "models").mkdir(parents=True, exist_ok=True)
     store = ModelStore(home / "models")

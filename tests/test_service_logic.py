@@ -19,6 +19,7 @@ from service.logic import RiskService, ServedModel
 from service.lookup import SnapshotKeeper, local_context
 from service.schemas import RankRequest, SessionRequest
 from training.constants import SUBJECTS
+from training.demo_data import TIMEZONES
 from training.errors import DatabaseUnavailable, InvalidInput, NoChampion, UnknownTutor
 from training.features import age_on, build_model_input, load_history, local_time_features
 from training.settings import get_settings
@@ -79,13 +80,7 @@ def test_fast_path_reasons_equal_the_shared_scoring(champion) -> None:
 def test_local_context_equals_the_shared_feature_code() -> None:
     rng = np.random.default_rng(5)
     zones = [
-        "America/New_York",
-        "America/Chicago",
-        "America/Denver",
-        "America/Phoenix",
-        "America/Los_Angeles",
-        "America/Anchorage",
-        "Pacific/Honolulu",
+        *TIMEZONES,
         "Europe/London",
         "Asia/Kolkata",
         "UTC",

@@ -18,7 +18,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from training.constants import CHALLENGER_ALIAS, CHAMPION_ALIAS, RISK_BANDS
-from training.errors import RegistryUnavailable, UnknownModelVersion
+from training.errors import NoChampion, RegistryUnavailable, UnknownModelVersion
 from training.settings import PROJECT_ROOT, Settings
 
 PIP_REQUIREMENTS = (
@@ -94,6 +94,17 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion |
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def aliased_version(client: MlflowClient, name: str, alias: str = CHAMPION_ALIAS) -> ModelVersion:
+    """The version holding `alias` (the champion by default), or `NoChampion` saying how
+    to make one: the one place every role checks for a champion."""
+    version = alias_version(client, name, alias)
+    if version is None:
+        raise NoChampion(
+            f"model {name!r} has no {alias!r} yet: run `fsp train` or `fsp promote VERSION`"
+        )
+    return version
 
 
 def promote(client: MlflowClient, name: str, version: str | int, reason: str) -> ModelVersion:

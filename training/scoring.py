@@ -19,9 +19,8 @@ from scipy.special import logit
 
 from training.constants import CHAMPION_ALIAS, risk_level, risk_score
 from training.encoding import encoded_names
-from training.errors import NoChampion
 from training.features import FACTOR_LABELS, MODEL_INPUT_COLUMNS
-from training.registry import alias_version, load_sklearn
+from training.registry import aliased_version, load_sklearn
 
 TOP_FACTORS = 5
 
@@ -144,11 +143,7 @@ def load_scoring_model(
     client: MlflowClient, name: str, alias: str = CHAMPION_ALIAS
 ) -> ScoringModel:
     """The version holding `alias` (the champion by default), opened for scoring."""
-    version = alias_version(client, name, alias)
-    if version is None:
-        raise NoChampion(
-            f"model {name!r} has no {alias!r} yet: run `fsp train` or `fsp promote VERSION`"
-        )
+    version = aliased_version(client, name, alias)
     return ScoringModel(
         model=load_sklearn(f"models:/{name}/{version.version}"),
         version=str(version.version),
