@@ -40,6 +40,9 @@ BATCH_ROWS = 1000
 BATCH_CONCURRENCY = 2
 MAX_REQUESTS_PER_LEVEL = 200_000
 READY_TIMEOUT_S = 120.0
+STAGGER_S = float(os.environ.get("STAGGER", "0.01"))
+"""Clients connect one after another, as independent callers do: a burst of connects
+is accepted all at once by whichever worker wakes first."""
 
 
 def free_port() -> int:
@@ -129,7 +132,8 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def _connection(port, requests, deadline, latencies, errors, counter):
+async def _connection(port, requests, deadline, latencies, errors, counter, delay=0.0):
+    await asyncio.sleep(delay)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while time.perf_counter() < deadline and counter[0] < MAX_REQUESTS_PER_LEVEL:
@@ -153,8 +157,8 @@ async def _load(port: int, requests: list[bytes], concurrency: int, seconds: flo
     deadline = started + seconds
     await asyncio.gather(
         *(
-            _connection(port, requests, deadline, latencies, errors, counter)
-            for _ in range(concurrency)
+            _connection(port, requests, deadline, latencies, errors, counter, i * STAGGER_S)
+            for i in range(concurrency)
         )
     )
     return latencies, errors, time.perf_counter() - started

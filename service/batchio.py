@@ -20,7 +20,7 @@ tests exercise both, and the logic tests hold the row rules equal to
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NotRequired
+from typing import Annotated, Any, ClassVar, NotRequired
 
 from _bentoml_sdk.io_models import IORootModel
 from pydantic import AwareDatetime, ConfigDict, Field, TypeAdapter, ValidationError
@@ -64,31 +64,43 @@ def _error(loc: tuple[int | str, ...], message: str, value: Any) -> InitErrorDet
 
 
 def row_errors(rows: list[dict[str, Any]], reference: ReferenceCheck | None) -> list:
-    """SessionRequest's Python rules and the batch's unique session ids, over all rows
-    (reference checks asked once per distinct tutor and student)."""
-    errors: list[InitErrorDetails] = []
+    """SessionRequest's Python rules and the batch's unique session ids, over all rows.
+    Reference data is asked once per distinct tutor, student and zone, in bulk; the
+    rows are walked one by one only to locate a problem found that way."""
     tutors = {row["tutor_id"] for row in rows}
-    bad_tutors = (
-        {t: p for t in tutors if (p := reference.check_tutor(t))} if reference is not None else {}
+    ages = [row.get("student_age") for row in rows]
+    zones = [row.get("timezone") for row in rows]
+    student_ids = [row.get("student_id") for row in rows]
+    students = {s for s, z, a in zip(student_ids, zones, ages, strict=True) if z is None and a is None}
+    students.discard(None)
+    bad_zones = {zone for zone in set(zones) if zone is not None and not _zone_exists(zone)}
+    bad_tutors = reference.unknown_tutors(tutors) if reference is not None else {}
+    bad_students = reference.unknown_students(students) if reference is not None else {}  # type: ignore[arg-type]
+    shapes_ok = all(
+        (a is None) == (z is None) and (s is not None or z is not None)
+        for s, z, a in zip(student_ids, zones, ages, strict=True)
     )
-    students: dict[str, str | None] = {}
+    if bad_zones or bad_tutors or bad_students or not shapes_ok:
+        return _located_errors(rows, bad_zones, bad_tutors, bad_students)
+    return _duplicate_session(rows)
+
+
+def _located_errors(rows, bad_zones: set, bad_tutors: dict, bad_students: dict) -> list:
+    """Each problem at its row and field, with SessionRequest's messages."""
+    errors: list[InitErrorDetails] = []
     for index, row in enumerate(rows):
         zone, age, student = row.get("timezone"), row.get("student_age"), row.get("student_id")
-        zone_ok = zone is None or _zone_exists(zone)
-        if not zone_ok:
+        if zone in bad_zones:
             message = f"unknown IANA time zone {zone!r}, e.g. 'America/New_York'"
             errors.append(_error((index, "timezone"), message, zone))
         problem = bad_tutors.get(row["tutor_id"])
         if problem:
             errors.append(_error((index, "tutor_id"), problem, row["tutor_id"]))
-        if not zone_ok or problem:
+        if zone in bad_zones or problem:
             continue  # as pydantic: the model rules run only on valid fields
         if age is None and zone is None and student is not None:
-            if reference is not None:
-                if student not in students:
-                    students[student] = reference.check_student(student)
-                if students[student]:
-                    errors.append(_error((index,), f"student_id: {students[student]}", row))
+            if student in bad_students:
+                errors.append(_error((index,), f"student_id: {bad_students[student]}", row))
         elif age is None and zone is None:
             errors.append(
                 _error((index,), "student: give student_id, or student_age and timezone", row)
@@ -97,8 +109,11 @@ def row_errors(rows: list[dict[str, Any]], reference: ReferenceCheck | None) -> 
             missing = "student_age" if age is None else "timezone"
             message = f"{missing}: required with the other one when no student_id is given"
             errors.append(_error((index,), message, row))
-    if errors:
-        return errors
+    return errors
+
+
+def _duplicate_session(rows: list[dict[str, Any]]) -> list:
+    """The first session_id given twice in one batch, as an error (else none)."""
     seen: set[str] = set()
     for index, row in enumerate(rows):
         session_id = row.get("session_id")
@@ -107,7 +122,7 @@ def row_errors(rows: list[dict[str, Any]], reference: ReferenceCheck | None) -> 
         if session_id in seen:
             return [_error((), f"[{index}].session_id: {session_id!r} appears twice", None)]
         seen.add(session_id)
-    return errors
+    return []
 
 
 def parse_batch(json_data: str | bytes | bytearray) -> list[dict[str, Any]]:
@@ -131,7 +146,10 @@ class PredictionList(IORootModel[list[PredictionResponse]]):
     """The answers, in request order: JSON texts (one per row) joined in one call.
 
     The service hands over each row's JSON text (built by
-    `RiskService.predict_batch_json`); they are not validated again row by row."""
+    `RiskService.predict_batch_json`); they are not validated again row by row. The
+    media type is set, or BentoML would derive it from the JSON schema per response."""
+
+    media_type: ClassVar[str | None] = "application/json"
 
     def __init__(self, root: list[str]) -> None:
         object.__setattr__(self, "__dict__", {"root": root})

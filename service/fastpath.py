@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from training.constants import RISK_BANDS, risk_level, risk_score
-from training.features import FACTOR_LABELS, MODEL_INPUT_COLUMNS
+from training.features import FACTOR_LABELS, MODEL_INPUT_COLUMNS, TUTOR_HISTORY_COLUMNS
 
 if TYPE_CHECKING:
     from training.scoring import ScoringModel
@@ -176,6 +176,7 @@ class FastLinearScorer:
         self._plain = np.array([index[c] for c in params.plain_columns])
         self._cycles = [(index[c], period) for c, period in params.cycles]
         self._subjects = np.array(params.subjects, dtype=object)
+        self._subject_code = {s: i for i, s in enumerate(params.subjects)}
         self._weights = params.coef
         self._contribution_scale = -params.platt_a * params.coef
 
@@ -186,8 +187,18 @@ class FastLinearScorer:
         for column, period in self._cycles:
             angle = 2.0 * np.pi * X[:, column] / period
             parts.append(np.column_stack([np.sin(angle), np.cos(angle)]))
-        parts.append((rows.subjects[:, None] == self._subjects[None, :]).astype(float))
+        parts.append(self._one_hot(rows.subjects))
         return (np.hstack(parts) - self.params.mean) / self.params.scale
+
+    def _one_hot(self, subjects: np.ndarray) -> np.ndarray:
+        """Subject indicator columns (all zero for a subject the model never saw)."""
+        codes = np.fromiter(
+            (self._subject_code.get(s, -1) for s in subjects.tolist()), np.intp, len(subjects)
+        )
+        one_hot = np.zeros((len(subjects), len(self._subjects)))
+        known = np.flatnonzero(codes >= 0)
+        one_hot[known, codes[known]] = 1.0
+        return one_hot
 
     def _probabilities(self, Z: np.ndarray) -> np.ndarray:
         decision = Z @ self._weights + self.params.intercept
@@ -348,3 +359,98 @@ def scored_json(
             f'"top_risk_factors":[{factors}]{head}{tutors[tutor]}{tail}'
         )
     return out
+
+
+# -- the linear model's batch answer: each distinct piece of text written once ----------------
+_HISTORY = len(TUTOR_HISTORY_COLUMNS)
+_CONTEXT = [j for j in range(len(MODEL_INPUT_COLUMNS)) if j >= _HISTORY]
+_CONTEXT_CACHE_MAX = 50_000
+
+
+class LinearAnswerWriter:
+    """/predict_batch answers of the linear model as JSON texts (`scored_json`'s text,
+    faster): in a linear model a feature's contribution depends on its own value only,
+    so a factor's text is fixed by (feature, value). A tutor's history factors (and the
+    answer's tail naming the tutor) are written once per tutor and feature snapshot,
+    the session's own factors (hour, weekday, subject, age) once per distinct value,
+    and each row is then assembled from those pieces."""
+
+    def __init__(self, scorer: FastLinearScorer, threshold: float, version: str) -> None:
+        self.scorer = scorer
+        self.threshold = threshold
+        self.tail = f',"model_version":{json.dumps(version)},"tutor_id":'
+        self._mids = np.array(
+            [
+                f',"risk_score":{score},"risk_level":"{level}",'
+                f'"should_send_alert":{alert},"top_risk_factors":['
+                for score in range(101)
+                for level in _LEVELS
+                for alert in ("false", "true")
+            ],
+            dtype=object,
+        )
+        self._context: dict[int, dict[float | str, str]] = {j: {} for j in _CONTEXT}
+        self._snapshot: object = None
+        self._tutors = np.empty((0, _HISTORY + 1), dtype=object)
+
+    def write(
+        self, rows: ModelRows, tutor_rows: np.ndarray, tutor_ids: Sequence[str], snapshot: Any
+    ) -> list[str] | None:
+        """Answers in order; `tutor_rows` are the tutors' rows in `snapshot` (whose
+        `tutor_index` has them). None when a value is not finite (JSON has no NaN)."""
+        p, contributions = self.scorer.score(rows)
+        if not (np.isfinite(p).all() and np.isfinite(contributions).all()):
+            return None
+        if not np.isfinite(rows.numeric).all():
+            return None
+        texts = np.empty((len(rows), len(MODEL_INPUT_COLUMNS)), dtype=object)
+        tutors = self._history_texts(rows, contributions, tutor_rows, tutor_ids, snapshot)
+        texts[:, :_HISTORY] = tutors[:, :_HISTORY]
+        for j in _CONTEXT:
+            texts[:, j] = self._context_texts(j, rows, contributions)
+        order = np.argsort(-np.abs(contributions), axis=1)[:, : self.scorer.top_factors]
+        factors = np.take_along_axis(texts, order, axis=1).tolist()
+        clipped = np.clip(p, 0.0, 1.0)
+        scores = np.rint(clipped * 100).astype(np.int64)  # == risk_score (round half even)
+        levels = (np.searchsorted(_LOWER, p, side="right") - 1).clip(0)
+        mids = self._mids[(scores * len(_LEVELS) + levels) * 2 + (p >= self.threshold)].tolist()
+        return [
+            f'{{"risk_probability":{probability!r}{mid}{",".join(parts)}]{tail}'
+            for probability, mid, parts, tail in zip(
+                p.tolist(), mids, factors, tutors[:, _HISTORY].tolist(), strict=True
+            )
+        ]
+
+    def _history_texts(self, rows, contributions, tutor_rows, tutor_ids, snapshot) -> np.ndarray:
+        if snapshot is not self._snapshot:  # a new snapshot: the tutors' values moved
+            self._snapshot = snapshot
+            self._tutors = np.empty((len(snapshot.tutor_index), _HISTORY + 1), dtype=object)
+        found = self._tutors[tutor_rows]
+        missing = np.flatnonzero(pd.isna(found[:, -1]))
+        if len(missing):
+            firsts = dict(zip(tutor_rows[missing].tolist(), missing.tolist(), strict=True))
+            for tutor, i in firsts.items():
+                values, pushes = rows.numeric[i].tolist(), contributions[i].tolist()
+                self._tutors[tutor, :_HISTORY] = [
+                    _factor_text(j, values[_VALUE_COLUMN[j]], pushes[j]) for j in range(_HISTORY)
+                ]
+                tail = f'{self.tail}{json.dumps(tutor_ids[i])},"session_id":null,"prediction_id":null}}'
+                self._tutors[tutor, _HISTORY] = tail
+            found = self._tutors[tutor_rows]
+        return found
+
+    def _context_texts(self, j: int, rows: ModelRows, contributions: np.ndarray) -> np.ndarray:
+        column = _VALUE_COLUMN[j]
+        values = rows.subjects if column < 0 else rows.numeric[:, column]
+        codes, distinct = pd.factorize(values)
+        known = self._context[j]
+        if len(known) > _CONTEXT_CACHE_MAX:
+            known.clear()
+        firsts = np.unique(codes, return_index=True)[1]
+        pieces = []
+        for value, i in zip(distinct.tolist(), firsts.tolist(), strict=True):
+            text = known.get(value)
+            if text is None:
+                text = known[value] = _factor_text(j, value, float(contributions[i, j]))
+            pieces.append(text)
+        return np.array(pieces, dtype=object)[codes]

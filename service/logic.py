@@ -17,13 +17,14 @@ from pydantic import TypeAdapter
 from service.config import BENTO_MODEL_ARTIFACT, FAST_PATH_FILE
 from service.fastpath import (
     FastLinearScorer,
+    LinearAnswerWriter,
     LinearParams,
     ModelRows,
     SklearnScorer,
     scored,
     scored_json,
 )
-from service.lookup import FeatureSnapshot, SnapshotKeeper, local_context
+from service.lookup import FeatureSnapshot, SnapshotKeeper, Student, local_contexts
 from service.schemas import (
     PredictionResponse,
     RankedTutor,
@@ -117,6 +118,11 @@ class RiskService:
         self.model = model
         self.keeper = keeper
         self.clock = clock
+        self.writer = (
+            LinearAnswerWriter(model.scorer, model.threshold, model.mlflow_version)
+            if isinstance(model.scorer, FastLinearScorer)
+            else None
+        )
 
     # -- model input -----------------------------------------------------------------
     def model_rows(
@@ -128,23 +134,32 @@ class RiskService:
         """Raw model input: tutor history from the snapshot (the shared feature code's
         answer as of its moment), local time and age from the session and student."""
         history = snapshot.rows_of(tutor_ids)
-        context = np.empty((len(contexts), 3))
-        for i, c in enumerate(contexts):
+        records = iter(
+            self._students([c.student_id or "" for c in contexts if c.uses_student_record])
+        )
+        zones: list[str] = []
+        ages: list[int | None] = []
+        births: list[tuple[int, int] | None] = []
+        for c in contexts:
             if c.uses_student_record:
-                student = self._student(c.student_id or "")
-                context[i] = local_context(
-                    c.scheduled_start, student.timezone, student.birth_date, None
-                )
+                student = next(records)
+                zones.append(student.timezone)
+                births.append((student.birth_year, student.birth_month_day))
+                ages.append(None)
             else:
-                context[i] = local_context(c.scheduled_start, c.timezone or "", None, c.student_age)
+                zones.append(c.timezone or "")
+                births.append(None)
+                ages.append(c.student_age)
+        context = local_contexts([c.scheduled_start for c in contexts], zones, ages, births)
         subjects = np.array([c.subject for c in contexts], dtype=object)
         return ModelRows(numeric=np.hstack([history, context]), subjects=subjects)
 
-    def _student(self, student_id: str):
+    def _students(self, student_ids: Sequence[str]) -> list[Student]:
+        """The students' records, in order; InvalidInput names the first unknown one."""
         try:
-            return self.keeper.student(student_id)
-        except KeyError:
-            raise InvalidInput(f"student_id: unknown student_id {student_id!r}") from None
+            return self.keeper.students(student_ids)
+        except KeyError as exc:
+            raise InvalidInput(f"student_id: unknown student_id {exc.args[0]!r}") from None
 
     # -- endpoints ---------------------------------------------------------------------
     def predict(self, sessions: Sequence[SessionRequest]) -> list[PredictionResponse]:
@@ -169,25 +184,25 @@ class RiskService:
             result["prediction_id"] = ids.get(s.session_id) if s.session_id else None
         return results
 
-    def batch_model_rows(self, rows: Sequence[dict[str, Any]], snapshot: FeatureSnapshot):
-        """`model_rows` for parsed batch rows (`service.batchio.SessionRow` dicts)."""
-        history = snapshot.rows_of([r["tutor_id"] for r in rows])
-        context: list[tuple[float, float, float]] = []
-        known: dict[tuple, tuple[float, float, float]] = {}  # a batch repeats slots
-        student_of = self._student
-        for r in rows:
-            age, zone, birth = r.get("student_age"), r.get("timezone"), None
-            if age is None and zone is None:
-                student = student_of(r.get("student_id") or "")
-                zone, birth = student.timezone, student.birth_date
-            key = (r["scheduled_start"], zone, birth, age)
-            found = known.get(key)
-            if found is None:
-                found = known[key] = local_context(key[0], zone or "", birth, age)
-            context.append(found)
+    def batch_model_rows(
+        self, rows: Sequence[dict[str, Any]], snapshot: FeatureSnapshot, tutor_rows: np.ndarray
+    ) -> ModelRows:
+        """`model_rows` for parsed batch rows (`service.batchio.SessionRow` dicts), whose
+        tutors are `tutor_rows` of the snapshot."""
+        history = snapshot.tutor_features[tutor_rows]
+        ages = [r.get("student_age") for r in rows]
+        zones = [r.get("timezone") for r in rows]
+        by_record = [i for i, zone in enumerate(zones) if zone is None and ages[i] is None]
+        births: list[tuple[int, int] | None] = [None] * len(rows)
+        if by_record:
+            students = self._students([rows[i]["student_id"] or "" for i in by_record])
+            for i, student in zip(by_record, students, strict=True):
+                zones[i] = student.timezone
+                births[i] = (student.birth_year, student.birth_month_day)
+        starts = [r["scheduled_start"] for r in rows]
+        context = local_contexts(starts, zones, ages, births)  # type: ignore[arg-type]
         subjects = np.array([r["subject"] for r in rows], dtype=object)
-        numeric = np.hstack([history, np.array(context, dtype=float).reshape(len(rows), 3)])
-        return ModelRows(numeric=numeric, subjects=subjects)
+        return ModelRows(numeric=np.hstack([history, context]), subjects=subjects)
 
     def predict_batch_json(self, rows: Sequence[dict[str, Any]]) -> list[str]:
         """`predict_records` for parsed batch rows, each answer as its JSON text: the
@@ -199,11 +214,16 @@ class RiskService:
         self.keeper.require_database()
         snapshot = self.keeper.current()
         tutor_ids = [r["tutor_id"] for r in rows]
-        model_rows = self.batch_model_rows(rows, snapshot)
+        tutor_rows = snapshot.positions_of(tutor_ids)
+        model_rows = self.batch_model_rows(rows, snapshot, tutor_rows)
         model = self.model
-        texts = scored_json(
-            model.scorer, model_rows, model.threshold, model.mlflow_version, tutor_ids
-        )
+        texts: list[str] | None
+        if self.writer is not None:
+            texts = self.writer.write(model_rows, tutor_rows, tutor_ids, snapshot)
+        else:
+            texts = scored_json(
+                model.scorer, model_rows, model.threshold, model.mlflow_version, tutor_ids
+            )
         if texts is None:  # a value JSON cannot carry as a number: the dict path writes null
             results = scored(model.scorer, model_rows, model.threshold, model.mlflow_version)
             for tutor_id, result in zip(tutor_ids, results, strict=True):

@@ -27,8 +27,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from zoneinfo import ZoneInfo
+from datetime import UTC, date, datetime, timedelta
+from typing import NamedTuple
 
 import numpy as np
 import psycopg
@@ -41,6 +41,7 @@ from service.config import (
     SNAPSHOT_REFRESH_SECONDS,
 )
 from training.errors import DatabaseUnavailable, UnknownTutor
+from training.features import local_calendar
 
 log = logging.getLogger("bentoml.fsp")  # under "bentoml": shown by its log config
 
@@ -48,12 +49,16 @@ STUDENTS_SQL = "SELECT student_id, birth_date, timezone FROM platform.students"
 ONE_STUDENT_SQL = STUDENTS_SQL + " WHERE student_id = %s"
 
 
-@dataclass(frozen=True)
-class Student:
-    """What the model needs of a student record."""
+class Student(NamedTuple):
+    """What the model needs of a student record (the birth date split as the age needs it)."""
 
-    birth_date: date
     timezone: str
+    birth_year: int
+    birth_month_day: int  # month * 100 + day
+
+    @classmethod
+    def of(cls, birth_date: date, timezone: str) -> Student:
+        return cls(timezone, birth_date.year, birth_date.month * 100 + birth_date.day)
 
 
 @dataclass(frozen=True)
@@ -69,8 +74,12 @@ class FeatureSnapshot:
 
     def rows_of(self, tutor_ids: Sequence[str]) -> np.ndarray:
         """History features of each tutor (UnknownTutor names the first unknown one)."""
+        return self.tutor_features[self.positions_of(tutor_ids)]
+
+    def positions_of(self, tutor_ids: Sequence[str]) -> np.ndarray:
+        """Each tutor's row in `tutor_features` (UnknownTutor names the first unknown one)."""
         try:
-            return self.tutor_features[[self.tutor_index[t] for t in tutor_ids]]
+            return np.array([self.tutor_index[t] for t in tutor_ids], dtype=np.intp)
         except KeyError as exc:
             raise UnknownTutor(f"unknown tutor_id {exc.args[0]!r}") from None
 
@@ -84,7 +93,7 @@ def build_snapshot(conn: psycopg.Connection, moment: datetime) -> FeatureSnapsho
     tutor_ids = list(history.tutor_codes)
     table = history.features(tutor_ids, [moment] * len(tutor_ids))
     students = {
-        sid: Student(birth, zone) for sid, birth, zone in conn.execute(STUDENTS_SQL).fetchall()
+        sid: Student.of(birth, zone) for sid, birth, zone in conn.execute(STUDENTS_SQL).fetchall()
     }
     return FeatureSnapshot(
         known_until=moment,
@@ -96,16 +105,27 @@ def build_snapshot(conn: psycopg.Connection, moment: datetime) -> FeatureSnapsho
     )
 
 
-def local_context(start: datetime, timezone: str, birth_date: date | None, age: int | None):
-    """(local_hour, local_dow, student_age) of one session, as `training.features`
-    computes them (`local_time_features`, `age_on`); tests hold the two equal."""
-    local = start.astimezone(ZoneInfo(timezone))
-    if age is None:
-        if birth_date is None:
-            raise ValueError("either a birth date or an age is needed")
-        before = (local.month, local.day) < (birth_date.month, birth_date.day)
-        age = local.year - birth_date.year - int(before)
-    return local.hour + local.minute / 60.0, float(local.weekday()), float(age)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
+
+
+def local_contexts(
+    starts: Sequence[datetime],
+    zones: Sequence[str],
+    ages: Sequence[int | None],
+    births: Sequence[tuple[int, int] | None],
+) -> np.ndarray:
+    """(local_hour, local_dow, student_age) per session, rows in order: the shared
+    feature code's calendar (`training.features.local_calendar`, as `build_model_input`
+    computes them); the age is given, or counted from (birth year, month * 100 + day)
+    on the session's local date."""
+    seconds = [(start - _EPOCH) // _SECOND for start in starts]
+    local = local_calendar(seconds, zones)
+    given = np.array([np.nan if age is None else age for age in ages], dtype=float)
+    if np.isnan(given).any():
+        year, month_day = np.array([b or (0, 0) for b in births], dtype=np.int64).reshape(-1, 2).T
+        given = np.where(np.isnan(given), local.age(year, month_day), given)
+    return np.column_stack([local.hour, local.dow, given])
 
 
 def _first_line(exc: BaseException) -> str:
@@ -168,6 +188,20 @@ class SnapshotKeeper:
             return None
         return f"unknown tutor_id {tutor_id!r}"
 
+    def unknown_tutors(self, tutor_ids: set[str]) -> dict[str, str]:
+        """`check_tutor` for many tutors at once: the problem of each unknown one."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            return {}
+        known = snapshot.tutor_index  # (a set minus dict keys would copy every key)
+        return {t: f"unknown tutor_id {t!r}" for t in tutor_ids if t not in known}
+
+    def unknown_students(self, student_ids: set[str]) -> dict[str, str]:
+        """`check_student` for many students at once (the snapshot answers for most)."""
+        known = self.snapshot.students if self.snapshot else {}
+        missing = [s for s in student_ids if s not in known]
+        return {s: problem for s in missing if (problem := self.check_student(s))}
+
     def check_student(self, student_id: str) -> str | None:
         try:
             self.student(student_id)
@@ -176,6 +210,14 @@ class SnapshotKeeper:
         except DatabaseUnavailable as exc:
             return f"cannot be looked up now ({exc})"
         return None
+
+    def students(self, student_ids: Sequence[str]) -> list[Student]:
+        """`student` for many ids, in order (one dictionary lookup each when known)."""
+        known = self.current().students
+        found = [known.get(student_id) for student_id in student_ids]
+        if None in found:
+            return [f or self.student(sid) for f, sid in zip(found, student_ids, strict=True)]
+        return found  # type: ignore[return-value]
 
     def student(self, student_id: str) -> Student:
         """The student's record: from the snapshot, else read once and remembered
@@ -188,7 +230,7 @@ class SnapshotKeeper:
             row = conn.execute(ONE_STUDENT_SQL, (student_id,)).fetchone()
         if row is None:
             raise KeyError(student_id)
-        found = Student(row[1], row[2])
+        found = Student.of(row[1], row[2])
         self._extra_students[student_id] = found
         return found
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from datetime import datetime
 from functools import lru_cache
 from typing import Annotated, Any, Literal, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -39,6 +38,10 @@ class ReferenceCheck(Protocol):
 
     def check_student(self, student_id: str) -> str | None: ...
 
+    def unknown_tutors(self, tutor_ids: set[str]) -> dict[str, str]: ...
+
+    def unknown_students(self, student_ids: set[str]) -> dict[str, str]: ...
+
 
 def _reference() -> ReferenceCheck | None:
     """The serving worker's reference data, or None outside a server (in-process use:
@@ -55,11 +58,11 @@ def _reference() -> ReferenceCheck | None:
 
 @lru_cache(maxsize=512)
 def _zone_exists(name: str) -> bool:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return False
-    return True
+    """Known to the feature code's time-zone tables (imported on first use: the CLI
+    process that reads this module never pays for pandas)."""
+    from training.features import known_zone
+
+    return known_zone(name)
 
 
 class StudentContext(BaseModel):

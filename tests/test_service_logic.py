@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from service.config import MAX_BATCH_SIZE
 from service.fastpath import FastLinearScorer, LinearParams, ModelRows, scored
 from service.logic import RiskService, ServedModel
-from service.lookup import SnapshotKeeper, local_context
+from service.lookup import SnapshotKeeper, local_contexts
 from service.schemas import RankRequest, SessionRequest
 from training.constants import SUBJECTS
 from training.demo_data import TIMEZONES
@@ -95,8 +95,8 @@ def test_local_context_equals_the_shared_feature_code() -> None:
     births[-1] = date(2010, 11, 1)  # a birthday on the local date of the last start
     expected = local_time_features(starts, tz)
     expected_age = age_on(births, starts, tz)
-    ours = np.array(
-        [local_context(s, z, b, None) for s, z, b in zip(starts, tz, births, strict=True)]
+    ours = local_contexts(
+        starts, tz, [None] * len(starts), [(b.year, b.month * 100 + b.day) for b in births]
     )
     assert np.array_equal(ours[:, 0], expected["local_hour"].to_numpy())
     assert np.array_equal(ours[:, 1], expected["local_dow"].to_numpy())
@@ -326,3 +326,38 @@ def test_batch_json_equals_the_per_row_answers(trained_world: dict, logic) -> No
     ours = [json.loads(text) for text in logic.predict_batch_json(rows)]
     theirs = logic.predict_records([SessionRequest.model_validate(b) for b in body])
     assert ours == theirs
+
+
+def test_batch_row_errors_locate_each_problem(keeper) -> None:
+    """The bulk reference checks of /predict_batch still name each bad row and field."""
+    from service.batchio import row_errors
+
+    snapshot = keeper.current()
+    ok = {
+        "tutor_id": next(iter(snapshot.tutor_index)),
+        "subject": SUBJECTS[0],
+        "scheduled_start": DEMO_NOW + timedelta(days=1),
+        "student_id": next(iter(snapshot.students)),
+    }
+    assert (
+        row_errors([ok, {**ok, "student_id": None, "student_age": 9, "timezone": "UTC"}], keeper)
+        == []
+    )
+    rows = [
+        ok,
+        {**ok, "tutor_id": "nobody"},
+        {**ok, "student_id": "ghost"},
+        {**ok, "student_id": None, "student_age": 10, "timezone": "Nowhere/City"},
+        {**ok, "student_id": None},
+        {**ok, "student_id": None, "student_age": 12},
+    ]
+    found = {(e["loc"], e["ctx"]["error"]) for e in row_errors(rows, keeper)}
+    assert found == {
+        ((1, "tutor_id"), "unknown tutor_id 'nobody'"),
+        ((2,), "student_id: unknown student_id 'ghost'"),
+        ((3, "timezone"), "unknown IANA time zone 'Nowhere/City', e.g. 'America/New_York'"),
+        ((4,), "student: give student_id, or student_age and timezone"),
+        ((5,), "timezone: required with the other one when no student_id is given"),
+    }
+    twice = [{**ok, "session_id": "s1"}, {**ok, "session_id": "s1"}]
+    assert "appears twice" in row_errors(twice, keeper)[0]["ctx"]["error"]

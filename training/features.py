@@ -21,11 +21,13 @@ log counts, scaling) happens inside the logged model (`training.encoding`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 import psycopg
+import pytz
 
 from training.errors import UnknownTutor
 
@@ -228,37 +230,83 @@ def _history_columns(history: TutorHistory, codes: np.ndarray, seconds: np.ndarr
     )
 
 
-def _in_zones(starts: pd.DatetimeIndex, timezones) -> list[tuple[np.ndarray, pd.DatetimeIndex]]:
-    """(row mask, local times) per time zone: DST follows each student's zone."""
-    zones = pd.Series(timezones).reset_index(drop=True).astype(str)
-    return [
-        ((zones == zone).to_numpy(), starts[(zones == zone).to_numpy()].tz_convert(zone))
-        for zone in zones.unique()
-    ]
+_UTC_EPOCH = datetime(1970, 1, 1)
+_SECOND = timedelta(seconds=1)
+
+
+@lru_cache(maxsize=1024)
+def zone_offsets(zone: str) -> tuple[np.ndarray, np.ndarray]:
+    """A time zone's UTC transition instants (epoch seconds, ascending) and the UTC
+    offset (seconds) in force from each. These are pytz's tables, the very ones
+    pandas' `tz_convert` uses, so every caller converts to the second alike.
+    KeyError (pytz.UnknownTimeZoneError) for an unknown zone name."""
+    tz = pytz.timezone(zone)
+    transitions = getattr(tz, "_utc_transition_times", None)
+    if not transitions:  # a fixed offset: UTC, Etc/GMT+5, ...
+        fixed = tz.utcoffset(datetime(2000, 1, 1)) or timedelta(0)
+        return np.array([np.iinfo(np.int64).min], np.int64), np.array([fixed // _SECOND])
+    at = np.array([(t - _UTC_EPOCH) // _SECOND for t in transitions], np.int64)
+    infos = getattr(tz, "_transition_info", ())  # (utcoffset, dst, name) from each transition
+    offsets = np.array([info[0] // _SECOND for info in infos], np.int64)
+    return at, offsets
+
+
+def known_zone(zone: str) -> bool:
+    """Whether `zone` names a time zone the feature code can convert to."""
+    try:
+        zone_offsets(zone)
+    except (KeyError, ValueError, UnicodeError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class LocalCalendar:
+    """Wall-clock fields of instants, each in its own time zone."""
+
+    hour: np.ndarray  # hour + minute / 60
+    dow: np.ndarray  # Monday = 0
+    year: np.ndarray
+    month_day: np.ndarray  # month * 100 + day
+
+    def age(self, birth_year: np.ndarray, birth_month_day: np.ndarray) -> np.ndarray:
+        """Whole years since a birth date, on each local date."""
+        return self.year - birth_year - (self.month_day < birth_month_day)
+
+
+def local_calendar(epoch_seconds, timezones) -> LocalCalendar:
+    """Local hour, weekday and date of each instant (epoch seconds, floored) in its
+    zone: DST follows each student's zone. Vectorised per zone over `zone_offsets`."""
+    seconds = np.asarray(epoch_seconds, dtype=np.int64)
+    codes, zones = pd.factorize(np.asarray(timezones, dtype=object))
+    offsets = np.zeros(len(seconds), np.int64)
+    for code, zone in enumerate(zones):
+        rows = np.flatnonzero(codes == code) if len(zones) > 1 else slice(None)
+        at, offset = zone_offsets(str(zone))
+        offsets[rows] = offset[np.searchsorted(at, seconds[rows], side="right") - 1]
+    days, of_day = np.divmod(seconds + offsets, 86_400)
+    dates = days.astype("datetime64[D]")
+    months = dates.astype("datetime64[M]")
+    return LocalCalendar(
+        hour=of_day // 3600 + (of_day % 3600 // 60) / 60.0,
+        dow=((days + 3) % 7).astype(float),  # 1970-01-01 was a Thursday
+        year=dates.astype("datetime64[Y]").astype(np.int64) + 1970,
+        month_day=(months.astype(np.int64) % 12 + 1) * 100 + (dates - months).astype(np.int64) + 1,
+    )
 
 
 def local_time_features(scheduled_start, timezones) -> pd.DataFrame:
     """local_hour (fractional) and local_dow of each start in its student's time zone."""
-    starts = _utc_index(scheduled_start)
-    hour = np.empty(len(starts))
-    dow = np.empty(len(starts))
-    for mask, local in _in_zones(starts, timezones):
-        hour[mask] = local.hour + local.minute / 60.0
-        dow[mask] = local.dayofweek
-    return pd.DataFrame({"local_hour": hour, "local_dow": dow})
+    local = local_calendar(_floor_seconds(scheduled_start), timezones)
+    return pd.DataFrame({"local_hour": local.hour, "local_dow": local.dow})
 
 
 def age_on(birth_dates, scheduled_start, timezones) -> np.ndarray:
     """Whole years between birth date and the session's local date."""
-    starts = _utc_index(scheduled_start)
-    year = np.empty(len(starts))
-    month_day = np.empty(len(starts))
-    for mask, local in _in_zones(starts, timezones):
-        year[mask] = local.year
-        month_day[mask] = local.month * 100 + local.day
+    local = local_calendar(_floor_seconds(scheduled_start), timezones)
     birth = pd.DatetimeIndex(pd.to_datetime(pd.Series(birth_dates).reset_index(drop=True)))
-    before_birthday = month_day < (birth.month * 100 + birth.day).to_numpy()
-    return year - birth.year.to_numpy() - before_birthday
+    age = local.age(birth.year.to_numpy(), (birth.month * 100 + birth.day).to_numpy())
+    return age.astype(float)
 
 
 def build_model_input(history: TutorHistory, sessions: pd.DataFrame, moments) -> pd.DataFrame:
