@@ -71,7 +71,9 @@ def row_errors(rows: list[dict[str, Any]], reference: ReferenceCheck | None) -> 
     ages = [row.get("student_age") for row in rows]
     zones = [row.get("timezone") for row in rows]
     student_ids = [row.get("student_id") for row in rows]
-    students = {s for s, z, a in zip(student_ids, zones, ages, strict=True) if z is None and a is None}
+    students = {
+        s for s, z, a in zip(student_ids, zones, ages, strict=True) if z is None and a is None
+    }
     students.discard(None)
     bad_zones = {zone for zone in set(zones) if zone is not None and not _zone_exists(zone)}
     bad_tutors = reference.unknown_tutors(tutors) if reference is not None else {}
