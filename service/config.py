@@ -17,6 +17,11 @@ API_PREFIX: Final = "/api/first-session"
 WORKERS: Final = 2
 """Server processes; each holds its own model copy, feature snapshot and pool."""
 
+UNTRACED_PATHS: Final = ("/predict", "/rank_tutors")
+"""Endpoints OpenTelemetry does not trace (a pattern matches /predict_batch too): the
+span bookkeeping costs about a sixth of a /predict on two cores, and no exporter is
+configured by default. Empty it to trace them."""
+
 MAX_BATCH_SIZE: Final = 1000
 """Most sessions one /predict_batch request may carry (and the adaptive batch cap)."""
 

@@ -4,6 +4,7 @@ and the expected failures (no champion, no Bento, database down)."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -322,10 +323,42 @@ def test_batch_json_equals_the_per_row_answers(trained_world: dict, logic) -> No
         for r in sessions.itertuples()
     ]
     body.append({**body[0], "student_id": None, "student_age": 15, "timezone": "Asia/Kolkata"})
+    body += [  # one tutor at other hours, days and ages: its cached pieces meet new ones
+        {**body[0], "scheduled_start": f"2026-11-0{d}T0{d}:{m}:00+05:30", "student_age": 9 + d}
+        | {"student_id": None, "timezone": "Asia/Kolkata"}
+        for d in range(2, 8)
+        for m in ("00", "45")
+    ]
     rows = parse_batch(json.dumps(body))
-    ours = [json.loads(text) for text in logic.predict_batch_json(rows)]
     theirs = logic.predict_records([SessionRequest.model_validate(b) for b in body])
-    assert ours == theirs
+    for _ in range(2):  # the second time from the remembered pieces
+        ours = [json.loads(text) for text in logic.predict_batch_json(rows)]
+        assert ours == theirs
+
+
+def test_batch_json_follows_a_new_snapshot(keeper, logic) -> None:
+    """The batch answer's remembered tutor pieces are dropped with their snapshot: a
+    rebuilt snapshot with other values answers with the new values and reasons."""
+    from dataclasses import replace
+
+    from service.fastpath import scored
+
+    snapshot = keeper.current()
+    tutors = list(snapshot.tutor_index)[:50]
+    ok = {"subject": SUBJECTS[3], "scheduled_start": DEMO_NOW + timedelta(days=2)}
+    rows = [{**ok, "tutor_id": t, "student_age": 11, "timezone": "UTC"} for t in tutors]
+    positions = snapshot.positions_of(tutors)
+    before = logic.writer.write(
+        logic.batch_model_rows(rows, snapshot, positions), positions, tutors, snapshot
+    )
+    moved = replace(snapshot, tutor_features=snapshot.tutor_features[::-1].copy())
+    model_rows = logic.batch_model_rows(rows, moved, positions)
+    after = logic.writer.write(model_rows, positions, tutors, moved)
+    expected = scored(logic.model.scorer, model_rows, logic.model.threshold, "x")
+    assert [json.loads(a)["top_risk_factors"] for a in after] == [
+        e["top_risk_factors"] for e in expected
+    ]
+    assert after != before
 
 
 def test_batch_row_errors_locate_each_problem(keeper) -> None:

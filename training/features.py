@@ -278,10 +278,11 @@ def local_calendar(epoch_seconds, timezones) -> LocalCalendar:
     """Local hour, weekday and date of each instant (epoch seconds, floored) in its
     zone: DST follows each student's zone. Vectorised per zone over `zone_offsets`."""
     seconds = np.asarray(epoch_seconds, dtype=np.int64)
-    codes, zones = pd.factorize(np.asarray(timezones, dtype=object))
+    zones = list(timezones) if len(seconds) == 1 else np.asarray(timezones, dtype=object)
     offsets = np.zeros(len(seconds), np.int64)
-    for code, zone in enumerate(zones):
-        rows = np.flatnonzero(codes == code) if len(zones) > 1 else slice(None)
+    codes, distinct = (None, zones) if len(seconds) == 1 else pd.factorize(zones)
+    for code, zone in enumerate(distinct):
+        rows = np.flatnonzero(codes == code) if len(distinct) > 1 else slice(None)
         at, offset = zone_offsets(str(zone))
         offsets[rows] = offset[np.searchsorted(at, seconds[rows], side="right") - 1]
     days, of_day = np.divmod(seconds + offsets, 86_400)
