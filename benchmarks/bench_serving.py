@@ -40,9 +40,12 @@ BATCH_ROWS = 1000
 BATCH_CONCURRENCY = 2
 MAX_REQUESTS_PER_LEVEL = 200_000
 READY_TIMEOUT_S = 120.0
-STAGGER_S = float(os.environ.get("STAGGER", "0.01"))
-"""Clients connect one after another, as independent callers do: a burst of connects
-is accepted all at once by whichever worker wakes first."""
+STAGGER_S = 0.01
+"""Clients connect 10 ms apart, as independent callers do. A burst of connects made in
+the same instant is accepted all at once by whichever worker wakes first (asyncio
+accepts the whole backlog), which would leave the other worker idle."""
+BATCH_BODIES = 8
+"""Distinct 1,000-row bodies cycled through (different tutors, students and slots)."""
 
 
 def free_port() -> int:
@@ -280,7 +283,7 @@ def main() -> int:
         if key in built:
             print(f"  {key}: {built[key]}")
 
-    sessions, X = sample_sessions(settings, 2000)
+    sessions, X = sample_sessions(settings, BATCH_ROWS * BATCH_BODIES)
     bento_bodies = [json.dumps(p).encode() for p in bento_payloads(sessions)]
     single_bento = [request_bytes("/predict", b) for b in bento_bodies]
     single_mlflow = [
@@ -289,13 +292,13 @@ def main() -> int:
     ]
     batch_bento = [
         request_bytes("/predict_batch", b"[" + b",".join(bento_bodies[i : i + BATCH_ROWS]) + b"]")
-        for i in (0, BATCH_ROWS)
+        for i in range(0, len(bento_bodies), BATCH_ROWS)
     ]
     batch_mlflow = [
         request_bytes(
             "/invocations", json.dumps(mlflow_payload(X.iloc[i : i + BATCH_ROWS])).encode()
         )
-        for i in (0, BATCH_ROWS)
+        for i in range(0, len(X), BATCH_ROWS)
     ]
 
     env = serving_env(settings, home)
