@@ -255,6 +255,14 @@ def test_batch_answers_in_order(client: httpx.Client, known: dict) -> None:
     singles = [client.post("/predict", json=b).json() for b in bodies]
     for a, s in zip(answers, singles, strict=True):
         assert a["risk_probability"] == pytest.approx(s["risk_probability"], abs=1e-12)
+    assert batch.headers["content-type"].startswith("application/json")
+    # untraced by OpenTelemetry (service.config.UNTRACED_PATHS), still counted in /metrics
+    metrics = client.get("/metrics").text
+    for endpoint in ("/predict", "/predict_batch"):
+        assert (
+            f'bentoml_service_request_total{{endpoint="{endpoint}",http_response_code="200"'
+            in metrics
+        )
 
 
 def test_batch_stores_predictions(client: httpx.Client, served: dict, known: dict) -> None:
