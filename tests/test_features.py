@@ -13,7 +13,7 @@ import pytz
 
 from tests.conftest import DEMO_NOW, seed_demo
 from training.dataset import build_training_set
-from training.errors import UnknownTutor
+from training.errors import InvalidInput, UnknownTutor
 from training.features import (
     PRIOR_FIRST_SUCCESS,
     TutorHistory,
@@ -110,6 +110,8 @@ def test_local_calendar_equals_pandas_tz_convert_in_every_zone():
 def test_unknown_zone_is_not_known():
     assert known_zone("America/Phoenix") and known_zone("UTC")
     assert not known_zone("Mars/Olympus_Mons") and not known_zone("")
+    with pytest.raises(InvalidInput, match="'Mars/Olympus_Mons'"):
+        local_time_features(["2026-06-01T20:30:00+00:00"] * 2, ["UTC", "Mars/Olympus_Mons"])
 
 
 def test_unknown_tutor_is_named():

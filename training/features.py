@@ -29,7 +29,7 @@ import pandas as pd
 import psycopg
 import pytz
 
-from training.errors import UnknownTutor
+from training.errors import InvalidInput, UnknownTutor
 
 # Shrinkage priors: a tutor with little evidence is pulled toward the platform's
 # typical value; `k` is how many observations the prior is worth.
@@ -251,6 +251,13 @@ def zone_offsets(zone: str) -> tuple[np.ndarray, np.ndarray]:
     return at, offsets
 
 
+def _offsets_of(zone: object) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        return zone_offsets(str(zone))
+    except (KeyError, ValueError, UnicodeError):
+        raise InvalidInput(f"unknown time zone {zone!r} (not in the IANA tables)") from None
+
+
 def known_zone(zone: str) -> bool:
     """Whether `zone` names a time zone the feature code can convert to."""
     try:
@@ -274,16 +281,23 @@ class LocalCalendar:
         return self.year - birth_year - (self.month_day < birth_month_day)
 
 
+def _by_zone(timezones, n: int) -> list[tuple[np.ndarray | slice, object]]:
+    """(rows, zone) for each distinct zone (one session, e.g. /predict: no grouping)."""
+    if n == 1:
+        return [(slice(None), next(iter(timezones)))]
+    codes, distinct = pd.factorize(np.asarray(timezones, dtype=object))
+    if len(distinct) == 1:
+        return [(slice(None), distinct[0])]
+    return [(np.flatnonzero(codes == code), zone) for code, zone in enumerate(distinct)]
+
+
 def local_calendar(epoch_seconds, timezones) -> LocalCalendar:
     """Local hour, weekday and date of each instant (epoch seconds, floored) in its
     zone: DST follows each student's zone. Vectorised per zone over `zone_offsets`."""
     seconds = np.asarray(epoch_seconds, dtype=np.int64)
-    zones = list(timezones) if len(seconds) == 1 else np.asarray(timezones, dtype=object)
     offsets = np.zeros(len(seconds), np.int64)
-    codes, distinct = (None, zones) if len(seconds) == 1 else pd.factorize(zones)
-    for code, zone in enumerate(distinct):
-        rows = np.flatnonzero(codes == code) if len(distinct) > 1 else slice(None)
-        at, offset = zone_offsets(str(zone))
+    for rows, zone in _by_zone(timezones, len(seconds)):
+        at, offset = _offsets_of(zone)
         offsets[rows] = offset[np.searchsorted(at, seconds[rows], side="right") - 1]
     days, of_day = np.divmod(seconds + offsets, 86_400)
     dates = days.astype("datetime64[D]")
