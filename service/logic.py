@@ -133,26 +133,17 @@ class RiskService:
     ) -> ModelRows:
         """Raw model input: tutor history from the snapshot (the shared feature code's
         answer as of its moment), local time and age from the session and student."""
-        history = snapshot.rows_of(tutor_ids)
-        records = iter(
-            self._students([c.student_id or "" for c in contexts if c.uses_student_record])
-        )
-        zones: list[str] = []
-        ages: list[int | None] = []
-        births: list[tuple[int, int] | None] = []
-        for c in contexts:
-            if c.uses_student_record:
-                student = next(records)
-                zones.append(student.timezone)
-                births.append((student.birth_year, student.birth_month_day))
-                ages.append(None)
-            else:
-                zones.append(c.timezone or "")
-                births.append(None)
-                ages.append(c.student_age)
-        context = local_contexts([c.scheduled_start for c in contexts], zones, ages, births)
-        subjects = np.array([c.subject for c in contexts], dtype=object)
-        return ModelRows(numeric=np.hstack([history, context]), subjects=subjects)
+        rows = [
+            {
+                "scheduled_start": c.scheduled_start,
+                "subject": c.subject,
+                "student_id": c.student_id,
+                "student_age": c.student_age,
+                "timezone": c.timezone,
+            }
+            for c in contexts
+        ]
+        return self.batch_model_rows(rows, snapshot, snapshot.positions_of(tutor_ids))
 
     def _students(self, student_ids: Sequence[str]) -> list[Student]:
         """The students' records, in order; InvalidInput names the first unknown one."""

@@ -138,11 +138,9 @@ def _upcoming(url: str) -> pd.DataFrame:
         return upcoming_sessions(conn, DEMO_NOW, 72)
 
 
-def test_snapshot_rows_equal_build_model_input(trained_world: dict, keeper, logic) -> None:
-    """The service's model input is the shared feature code's, as of the request time."""
-    sessions = _upcoming(trained_world["database_url"])
-    assert len(sessions) > 10
-    requests = [
+def _requests(sessions: pd.DataFrame) -> list[SessionRequest]:
+    """The upcoming sessions as /predict requests (by student record)."""
+    return [
         SessionRequest(
             tutor_id=r.tutor_id,
             subject=r.subject,
@@ -151,6 +149,13 @@ def test_snapshot_rows_equal_build_model_input(trained_world: dict, keeper, logi
         )
         for r in sessions.itertuples()
     ]
+
+
+def test_snapshot_rows_equal_build_model_input(trained_world: dict, keeper, logic) -> None:
+    """The service's model input is the shared feature code's, as of the request time."""
+    sessions = _upcoming(trained_world["database_url"])
+    assert len(sessions) > 10
+    requests = _requests(sessions)
     ours = logic.model_rows(requests, list(sessions["tutor_id"]), keeper.current()).frame()
     with psycopg.connect(trained_world["database_url"]) as conn:
         history = load_history(conn, DEMO_NOW)
@@ -166,15 +171,7 @@ def test_predict_and_rank_agree_with_the_shared_scoring(
 
     model, _ = champion
     sessions = _upcoming(trained_world["database_url"]).head(20)
-    requests = [
-        SessionRequest(
-            tutor_id=r.tutor_id,
-            subject=r.subject,
-            scheduled_start=r.scheduled_start,
-            student_id=r.student_id,
-        )
-        for r in sessions.itertuples()
-    ]
+    requests = _requests(sessions)
     answers = logic.predict(requests)
     with psycopg.connect(trained_world["database_url"]) as conn:
         X = build_model_input(load_history(conn, DEMO_NOW), sessions, [DEMO_NOW] * len(sessions))
