@@ -89,26 +89,38 @@ def prediction_rows(
     return rows[list(STORED_COLUMNS)]
 
 
-def _copy_text(rows: pd.DataFrame) -> str:
-    """The rows in COPY's text format (tab-separated, \\N for NULL, backslashes doubled).
-
-    Built from plain lists: several times faster than DataFrame.to_csv on 100k rows
-    whose JSON columns need quoting."""
-    columns = []
-    for name in STORED_COLUMNS:
-        values = rows[name]
-        if pd.api.types.is_datetime64_any_dtype(values):
-            texts = values.dt.strftime("%Y-%m-%d %H:%M:%S.%f%z").tolist()
-        else:
-            texts = [_escape(v) for v in values.tolist()]
-        columns.append(texts)
-    return "".join("\t".join(line) + "\n" for line in zip(*columns, strict=True))
+def _python_values(values: pd.Series) -> list:
+    """A column as plain Python values for psycopg: None for NULL/NaN/NaT, datetimes as
+    datetime, numpy scalars as int/float/str."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return [None if v is pd.NaT else v.to_pydatetime() for v in values]
+    return [None if _is_null(v) else v for v in values.tolist()]
 
 
-def _escape(value) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return "\\N"
-    return str(value).replace("\\", "\\\\")
+def _is_null(value) -> bool:
+    return value is None or value is pd.NaT or (isinstance(value, float) and value != value)
+
+
+def copy_rows(conn: psycopg.Connection, table: str, rows: pd.DataFrame) -> None:
+    """COPY the STORED_COLUMNS of `rows` into `table` (a temp table of the caller).
+
+    Each row goes through psycopg's `write_row`, which adapts and escapes every value
+    itself: a tab, newline or backslash in any text (a session_id sent to the API)
+    stays inside its own field and can never start another field or row."""
+    columns = ", ".join(STORED_COLUMNS)
+    values = [_python_values(rows[name]) for name in STORED_COLUMNS]
+    with conn.cursor().copy(f"COPY {table} ({columns}) FROM STDIN") as cp:
+        for row in zip(*values, strict=True):
+            cp.write_row(row)
+
+
+def _incoming_table(conn: psycopg.Connection, rows: pd.DataFrame) -> None:
+    """A temp table `incoming_predictions` (dropped at commit) holding `rows`."""
+    conn.execute(
+        "CREATE TEMP TABLE incoming_predictions (LIKE fsp.first_session_predictions"
+        " INCLUDING DEFAULTS) ON COMMIT DROP"
+    )
+    copy_rows(conn, "incoming_predictions", rows)
 
 
 def upsert_predictions(conn: psycopg.Connection, rows: pd.DataFrame) -> int:
@@ -116,15 +128,9 @@ def upsert_predictions(conn: psycopg.Connection, rows: pd.DataFrame) -> int:
     if rows.empty:
         return 0
     columns = ", ".join(STORED_COLUMNS)
-    text = _copy_text(rows)
     changed_if = " OR ".join(f"p.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in _COMPARED)
     with conn.transaction():
-        conn.execute(
-            "CREATE TEMP TABLE incoming_predictions (LIKE fsp.first_session_predictions"
-            " INCLUDING DEFAULTS) ON COMMIT DROP"
-        )
-        with conn.cursor().copy(f"COPY incoming_predictions ({columns}) FROM STDIN") as cp:
-            cp.write(text)
+        _incoming_table(conn, rows)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in STORED_COLUMNS if c != "session_id")
         result = conn.execute(
             f"INSERT INTO fsp.first_session_predictions AS p ({columns})"
