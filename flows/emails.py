@@ -51,18 +51,10 @@ BEST_PRACTICES: Final[tuple[str, ...]] = (
     "End by booking the next session together and saying what you will cover.",
 )
 
-SUBJECT_NAMES: Final[dict[str, str]] = {
-    "computer_science": "computer science",
-    "sat_prep": "SAT prep",
-    "english": "English",
-    "spanish": "Spanish",
-    "french": "French",
-}
-
-
 def subject_name(subject: str) -> str:
-    """A subject code as people write it."""
-    return SUBJECT_NAMES.get(subject, subject.replace("_", " "))
+    """The subject as the platform spells it; a code written with underscores
+    (`computer_science`) reads with spaces. No list of subjects: any platform's work."""
+    return " ".join(subject.replace("_", " ").split())
 
 
 def time_of_day(local_hour: float) -> str:

@@ -34,6 +34,7 @@ from service.schemas import (
     ReferenceCheck,
     SessionBatch,
     Subject,
+    ZoneName,
     _reference,
     _zone_exists,
 )
@@ -49,7 +50,7 @@ class SessionRow(TypedDict):
     scheduled_start: AwareDatetime
     student_id: NotRequired[Identifier | None]
     student_age: NotRequired[Annotated[int, Field(ge=0, le=120)] | None]
-    timezone: NotRequired[str | None]
+    timezone: NotRequired[ZoneName | None]
     tutor_id: Identifier
     session_id: NotRequired[Identifier | None]
 

@@ -1,6 +1,6 @@
 """Tunables of the serving role only (names, limits, timings), each defined once here.
 
-Shared constants (alias names, risk bands, subjects) stay in `training.constants`;
+Shared constants (alias names, risk bands) stay in `training.constants`;
 what a deployment changes (database, MLflow store, state folder) comes from
 `training.settings.get_settings()`."""
 
@@ -27,6 +27,9 @@ MAX_BATCH_SIZE: Final = 1000
 
 BATCH_MAX_LATENCY_MS: Final = 200
 """How long adaptive batching may hold a request while it gathers a batch."""
+
+MAX_TEXT_LENGTH: Final = 128
+"""Longest identifier or subject a request may carry (the platform's are free text)."""
 
 MAX_RANK_CANDIDATES: Final = 100
 """Most candidate tutors one /rank_tutors request may carry."""

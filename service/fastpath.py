@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from training.constants import RISK_BANDS, risk_level, risk_score
+from training.encoding import subject_notes, subject_one_hot
 from training.features import FACTOR_LABELS, MODEL_INPUT_COLUMNS, TUTOR_HISTORY_COLUMNS
 
 if TYPE_CHECKING:
@@ -85,27 +86,25 @@ class LinearParams:
     def from_scoring_model(cls, model: ScoringModel) -> LinearParams:
         """Read the fitted parameters (packaging time: sklearn is loaded there anyway)."""
         from training.encoding import CYCLES, LOG_COLUMNS, PLAIN_COLUMNS
-        from training.scoring import TOP_FACTORS, _grouping
+        from training.scoring import TOP_FACTORS, grouping
 
         if not model.is_linear:
             raise ValueError("the fast path exists only for a linear model with Platt scaling")
         calibrated = model.model.calibrated_classifiers_[0]
         pipeline, calibrator = calibrated.estimator, calibrated.calibrators[0]
         encoder, clf = pipeline.named_steps["encode"], pipeline.named_steps["clf"]
-        from training.constants import SUBJECTS
-
         return cls(
             log_columns=tuple(LOG_COLUMNS),
             plain_columns=tuple(PLAIN_COLUMNS),
             cycles=tuple((c, float(p)) for c, p in CYCLES),
-            subjects=tuple(SUBJECTS),
+            subjects=tuple(encoder.subjects_),
             mean=np.asarray(encoder.mean_, dtype=float),
             scale=np.asarray(encoder.scale_, dtype=float),
             coef=np.asarray(clf.coef_[0], dtype=float),
             intercept=float(clf.intercept_[0]),
             platt_a=float(calibrator.a_),
             platt_b=float(calibrator.b_),
-            groups=_grouping(),
+            groups=grouping(encoder.get_feature_names_out().tolist()),
             top_factors=int(TOP_FACTORS),
         )
 
@@ -164,6 +163,8 @@ class Scorer(Protocol):
 
     def contributions(self, rows: ModelRows) -> np.ndarray: ...
 
+    def notes(self, subjects: Sequence[str]) -> list[list[str]]: ...
+
 
 class FastLinearScorer:
     """The calibrated linear model in plain numpy (same operations as training.encoding)."""
@@ -191,14 +192,12 @@ class FastLinearScorer:
         return (np.hstack(parts) - self.params.mean) / self.params.scale
 
     def _one_hot(self, subjects: np.ndarray) -> np.ndarray:
-        """Subject indicator columns (all zero for a subject the model never saw)."""
-        codes = np.fromiter(
-            (self._subject_code.get(s, -1) for s in subjects.tolist()), np.intp, len(subjects)
-        )
-        one_hot = np.zeros((len(subjects), len(self._subjects)))
-        known = np.flatnonzero(codes >= 0)
-        one_hot[known, codes[known]] = 1.0
-        return one_hot
+        """Subject indicator columns, the last shared by rare and unseen subjects."""
+        return subject_one_hot(subjects, self._subject_code)
+
+    def notes(self, subjects: Sequence[str]) -> list[list[str]]:
+        """Per row: a note when its subject is scored as 'other'."""
+        return subject_notes(subjects, self.params.subjects)
 
     def _probabilities(self, Z: np.ndarray) -> np.ndarray:
         decision = Z @ self._weights + self.params.intercept
@@ -227,6 +226,9 @@ class SklearnScorer:
     def probabilities(self, rows: ModelRows) -> np.ndarray:
         return self.model.probabilities(rows.frame())
 
+    def notes(self, subjects: Sequence[str]) -> list[list[str]]:
+        return self.model.unseen_subject_notes(subjects)
+
     def contributions(self, rows: ModelRows) -> np.ndarray:
         return self.model.contributions(rows.frame())
 
@@ -246,6 +248,7 @@ def scored(
     pushes = contributions.tolist()
     numeric = rows.numeric.tolist()
     subjects = rows.subjects.tolist()
+    notes = scorer.notes(subjects)
     out = []
     for i, probability in enumerate(p.tolist()):
         values, push = numeric[i], pushes[i]
@@ -268,10 +271,19 @@ def scored(
                 "risk_level": risk_level(probability),
                 "should_send_alert": probability >= threshold,
                 "top_risk_factors": factors,
+                "notes": notes[i],
                 "model_version": version,
             }
         )
     return out
+
+
+_NO_NOTES = '],"notes":[]'
+
+
+def notes_json(scorer: FastLinearScorer | SklearnScorer, subjects: Sequence[str]) -> list[str]:
+    """Per row, the text that closes the factor list and carries the answer's notes."""
+    return [f'],"notes":{json.dumps(n)}' if n else _NO_NOTES for n in scorer.notes(list(subjects))]
 
 
 _VALUE_COLUMN = [NUMERIC_COLUMNS.index(c) if c != "subject" else -1 for c in MODEL_INPUT_COLUMNS]
@@ -329,11 +341,12 @@ def scored_json(
     head = f',"model_version":{json.dumps(version)},"tutor_id":'
     tail = ',"session_id":null,"prediction_id":null}'
     tutors = {t: json.dumps(t) for t in set(tutor_ids)}
+    closes = notes_json(scorer, rows.subjects.tolist())
     text_of, subject_column = _FACTOR_TEXT, _SUBJECT
     if len(text_of) > _FACTOR_TEXT_MAX:
         text_of.clear()
     out = []
-    for probability, score, level, alert, cols, pushes, vals, subject, tutor in zip(
+    for probability, score, level, alert, cols, pushes, vals, subject, tutor, close in zip(
         p.tolist(),
         scores,
         levels,
@@ -343,6 +356,7 @@ def scored_json(
         values.tolist(),
         rows.subjects.tolist(),
         tutor_ids,
+        closes,
         strict=True,
     ):
         parts = []
@@ -356,7 +370,7 @@ def scored_json(
         out.append(
             f'{{"risk_probability":{probability!r},"risk_score":{score},'
             f'"risk_level":"{_LEVELS[level]}","should_send_alert":{"true" if alert else "false"},'
-            f'"top_risk_factors":[{factors}]{head}{tutors[tutor]}{tail}'
+            f'"top_risk_factors":[{factors}{close}{head}{tutors[tutor]}{tail}'
         )
     return out
 
@@ -414,10 +428,11 @@ class LinearAnswerWriter:
         scores = np.rint(clipped * 100).astype(np.int64)  # == risk_score (round half even)
         levels = (np.searchsorted(_LOWER, p, side="right") - 1).clip(0)
         mids = self._mids[(scores * len(_LEVELS) + levels) * 2 + (p >= self.threshold)].tolist()
+        closes = notes_json(self.scorer, rows.subjects.tolist())
         return [
-            f'{{"risk_probability":{probability!r}{mid}{",".join(parts)}]{tail}'
-            for probability, mid, parts, tail in zip(
-                p.tolist(), mids, factors, tutors[:, _HISTORY].tolist(), strict=True
+            f'{{"risk_probability":{probability!r}{mid}{",".join(parts)}{close}{tail}'
+            for probability, mid, parts, close, tail in zip(
+                p.tolist(), mids, factors, closes, tutors[:, _HISTORY].tolist(), strict=True
             )
         ]
 

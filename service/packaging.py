@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from service.config import BENTO_MODEL_ARTIFACT, FAST_PATH_FILE, SERVICE_NAME
-from training.constants import CHAMPION_ALIAS, SUBJECTS
+from training.constants import CHAMPION_ALIAS
 from training.errors import FspError
 from training.features import MODEL_INPUT_COLUMNS
 from training.settings import PROJECT_ROOT, Settings
@@ -63,7 +63,7 @@ def _dir_bytes(path: Path) -> int:
 
 
 def probe_rows(example: pd.DataFrame, n: int = PROBE_ROWS, seed: int = 0) -> pd.DataFrame:
-    """Model input covering every subject (and an unknown one), hour, weekday, and
+    """Model input covering the example's subjects (and an unseen one), hour, weekday, and
     counts from zero to large, around the logged input example: what the fast path
     is checked on before a Bento is built."""
     rng = np.random.default_rng(seed)
@@ -74,7 +74,8 @@ def probe_rows(example: pd.DataFrame, n: int = PROBE_ROWS, seed: int = 0) -> pd.
     base["local_hour"] = rng.integers(0, 96, size=n) / 4.0
     base["local_dow"] = rng.integers(0, 7, size=n).astype(float)
     base["student_age"] = rng.integers(5, 70, size=n).astype(float)
-    base["subject"] = rng.choice([*SUBJECTS, "unknown"], size=n)
+    subjects = [*example["subject"].astype(str).unique(), "a subject never seen in training"]
+    base["subject"] = rng.choice(subjects, size=n)
     return base[list(MODEL_INPUT_COLUMNS)]
 
 

@@ -23,12 +23,33 @@ from pydantic import (
     model_validator,
 )
 
-from service.config import MAX_BATCH_SIZE, MAX_RANK_CANDIDATES
-from training.constants import SUBJECTS
+from service.config import MAX_BATCH_SIZE, MAX_RANK_CANDIDATES, MAX_TEXT_LENGTH
 
-Subject = Literal[SUBJECTS]  # type: ignore[valid-type]
+
+def _printable(value: str) -> str:
+    """Free text from a platform may hold spaces, quotes, tabs and any letters, but no
+    other control characters (NUL, line breaks): those are never part of a name."""
+    bad = next((c for c in value if (ord(c) < 32 and c != "\t") or ord(c) == 127), None)
+    if bad is not None:
+        raise ValueError(f"must not contain control character {bad!r}")
+    return value
+
+
+Subject = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_TEXT_LENGTH,
+        description="as the platform spells it; a subject the model has not seen is"
+        " scored as 'other' and the answer's notes say so",
+    ),
+    AfterValidator(_printable),
+]
 RiskLevel = Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
-Identifier = Annotated[str, Field(min_length=1, max_length=128)]
+ZoneName = Annotated[str, Field(max_length=64, description="IANA zone, e.g. America/New_York")]
+Identifier = Annotated[
+    str, Field(min_length=1, max_length=MAX_TEXT_LENGTH), AfterValidator(_printable)
+]
 
 
 class ReferenceCheck(Protocol):
@@ -76,7 +97,7 @@ class StudentContext(BaseModel):
     )
     student_id: Identifier | None = None
     student_age: int | None = Field(default=None, ge=0, le=120)
-    timezone: str | None = Field(default=None, description="IANA zone, e.g. America/New_York")
+    timezone: ZoneName | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -179,6 +200,11 @@ class Risk(BaseModel):
     risk_level: RiskLevel
     should_send_alert: bool
     top_risk_factors: list[RiskFactor]
+    notes: list[str] = Field(
+        default_factory=list,
+        description="what the caller should know about this answer, e.g. a subject the"
+        " model did not see in training (scored as 'other')",
+    )
     model_version: str
 
 

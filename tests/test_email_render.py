@@ -64,7 +64,7 @@ def test_email_parts_time_badge_and_escaping():
     assert facts.local_date == "Sunday 1 November" and facts.local_time == "9:30 PM EST"
     assert "Sunday 1 November, 9:30 PM EST" in html and "02:30 UTC" in text
     assert BADGE_COLOURS["CRITICAL"][0] in html and "Very high (71/100)" in text
-    assert "SAT prep" in text and "15 years old" in html
+    assert "sat prep" in text and "15 years old" in html
     assert "Ada &lt;b&gt;Lovelace&lt;/b&gt;" in html and "<b>Lovelace" not in html
     assert "Hi Ada <b>Lovelace</b>," in text
     assert message["Message-ID"] == facts.message_id

@@ -310,7 +310,7 @@ BAD_INPUTS = [
         "scheduled_start",
     ),
     ("negative age", "/predict", {"student_age": -3}, "student_age"),
-    ("unknown subject", "/predict", {"subject": "alchemy"}, "subject"),
+    ("empty subject", "/predict", {"subject": ""}, "subject"),
     ("unknown tutor", "/predict", {"tutor_id": "NO-SUCH-TUTOR"}, "unknown tutor_id"),
     ("unknown time zone", "/predict", {"timezone": "Mars/Olympus"}, "timezone"),
     ("unknown field", "/predict", {"tutorid": "x"}, "tutorid"),

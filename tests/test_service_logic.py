@@ -19,7 +19,6 @@ from service.fastpath import FastLinearScorer, LinearParams, ModelRows, scored
 from service.logic import RiskService, ServedModel
 from service.lookup import SnapshotKeeper, local_contexts
 from service.schemas import RankRequest, SessionRequest
-from training.constants import SUBJECTS
 from training.demo_data import TIMEZONES
 from training.errors import DatabaseUnavailable, InvalidInput, NoChampion, UnknownTutor
 from training.features import age_on, build_model_input, load_history, local_time_features
@@ -251,7 +250,8 @@ VALID = {
         ({"scheduled_start": "tomorrow"}, "scheduled_start"),
         ({"student_age": -1}, "student_age"),
         ({"student_age": "twelve"}, "student_age"),
-        ({"subject": "alchemy"}, "subject"),
+        ({"subject": ""}, "subject"),
+        ({"subject": "x" * 129}, "subject"),
         ({"timezone": "Nowhere/City"}, "timezone"),
         ({"timezone": None}, "timezone"),
         ({"student_age": None, "timezone": None}, "student"),
@@ -284,7 +284,11 @@ def test_batch_rules() -> None:
     assert SessionRequest.model_validate(
         {**VALID, "student_id": "S1", "student_age": None, "timezone": None}
     ).uses_student_record
-    assert list(SUBJECTS)  # the literal offered to callers is the shared list
+    for subject in ("Algebra II", "AP Physics", "IELTS English", "Mathématiques", "a\tb"):
+        assert SessionRequest.model_validate({**VALID, "subject": subject}).subject == subject
+    for bad in ("", "x" * 129, "line\nbreak", "nul\x00"):
+        with pytest.raises(ValidationError, match="subject"):
+            SessionRequest.model_validate({**VALID, "subject": bad})
 
 
 def test_package_without_champion_is_a_clear_error(fsp_env: str, tmp_path, monkeypatch) -> None:
@@ -342,7 +346,7 @@ def test_batch_json_follows_a_new_snapshot(keeper, logic) -> None:
 
     snapshot = keeper.current()
     tutors = list(snapshot.tutor_index)[:50]
-    ok = {"subject": SUBJECTS[3], "scheduled_start": DEMO_NOW + timedelta(days=2)}
+    ok = {"subject": "geometry", "scheduled_start": DEMO_NOW + timedelta(days=2)}
     rows = [{**ok, "tutor_id": t, "student_age": 11, "timezone": "UTC"} for t in tutors]
     positions = snapshot.positions_of(tutors)
     before = logic.writer.write(
@@ -365,7 +369,7 @@ def test_batch_row_errors_locate_each_problem(keeper) -> None:
     snapshot = keeper.current()
     ok = {
         "tutor_id": next(iter(snapshot.tutor_index)),
-        "subject": SUBJECTS[0],
+        "subject": "Robotics for Beginners",
         "scheduled_start": DEMO_NOW + timedelta(days=1),
         "student_id": next(iter(snapshot.students)),
     }
@@ -391,3 +395,29 @@ def test_batch_row_errors_locate_each_problem(keeper) -> None:
     }
     twice = [{**ok, "session_id": "s1"}, {**ok, "session_id": "s1"}]
     assert "appears twice" in row_errors(twice, keeper)[0]["ctx"]["error"]
+
+
+def test_an_unseen_subject_is_scored_as_other_with_a_note(trained_world: dict, logic) -> None:
+    """Any non-empty subject is accepted: one the champion never saw is scored as the
+    shared 'other' level (two unseen subjects score alike), and the answer says so,
+    on the per-row path and on the batch JSON path."""
+    from service.batchio import parse_batch
+
+    sessions = _upcoming(trained_world["database_url"]).head(3)
+    known = _requests(sessions)
+    unseen = [
+        r.model_copy(update={"subject": s})
+        for r, s in zip(known, ("Robotics", "Ωmega Chess", "AP Physics"), strict=True)
+    ]
+    other = [r.model_copy(update={"subject": "Underwater Basket Weaving"}) for r in known]
+    answers, others = logic.predict(unseen), logic.predict(other)
+    assert all(a.notes == [] for a in logic.predict(known))
+    assert answers[0].notes == [
+        "subject 'Robotics' was not seen in training (often enough); scored as 'other'"
+    ]
+    assert [a.risk_probability for a in answers] == [a.risk_probability for a in others]
+    body = [
+        {**r.model_dump(mode="json", exclude_none=True), "session_id": None} for r in unseen
+    ]
+    batch = [json.loads(t) for t in logic.predict_batch_json(parse_batch(json.dumps(body)))]
+    assert [b["notes"] for b in batch] == [a.notes for a in answers]

@@ -2,15 +2,23 @@
 
 It lives inside the logged model, so the Bento, the flows and `mlflow models
 serve` all encode exactly as training did. It is deliberately plain numpy so
-that the same arithmetic can be reproduced row by row (the serving fast path)."""
+that the same arithmetic can be reproduced row by row (the serving fast path).
+
+Categorical values are never listed in code: the encoder learns the subject
+vocabulary from the rows it is fitted on. A subject seen at least
+`MIN_CATEGORY_COUNT` times gets its own indicator column; rarer ones, and any
+subject first met after training, share the `OTHER_LEVEL` column. The learned
+vocabulary travels inside the model (`subjects_`) and is logged to MLflow."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from training.constants import SUBJECTS
 from training.features import MODEL_INPUT_COLUMNS
 
 LOG_COLUMNS = ("tutor_tenure_days", "n_ratings", "n_rated_first_sessions", "session_count")
@@ -23,18 +31,53 @@ PLAIN_COLUMNS = (
     "student_age",
 )
 CYCLES = (("local_hour", 24.0), ("local_dow", 7.0))
+MIN_CATEGORY_COUNT: Final = 20
+"""Training rows a subject needs before it gets its own column; rarer ones share 'other'."""
+OTHER_LEVEL: Final = "<other>"
+"""The shared level of rare and unseen subjects (angle brackets: no platform spells it so)."""
 
 
-def encoded_names() -> list[str]:
-    """Names of the encoded columns, in order."""
+def learn_vocabulary(values: Sequence[str] | np.ndarray, min_count: int) -> tuple[str, ...]:
+    """Values seen at least `min_count` times, most frequent first (ties by name)."""
+    counts = pd.Series(np.asarray(values, dtype=object)).astype(str).value_counts()
+    kept = counts[counts >= min_count]
+    return tuple(sorted(kept.index.tolist(), key=lambda v: (-int(kept[v]), v)))
+
+
+def numeric_names() -> list[str]:
+    """Names of the encoded columns before the subject's, in order (fixed by the code)."""
     names = [f"log_{c}" for c in LOG_COLUMNS] + list(PLAIN_COLUMNS)
     for column, _ in CYCLES:
         names += [f"{column}_sin", f"{column}_cos"]
-    return names + [f"subject_{s}" for s in SUBJECTS]
+    return names
 
 
-def raw_matrix(frame: pd.DataFrame) -> np.ndarray:
-    """Unscaled encoded matrix: log counts, plain values, sin/cos of cycles, subject one-hot."""
+def encoded_names(subjects: Sequence[str], subject_as_code: bool = False) -> list[str]:
+    """Names of the encoded columns, in order, for a learned subject vocabulary."""
+    if subject_as_code:
+        return [*numeric_names(), "subject"]
+    return numeric_names() + [f"subject_{s}" for s in (*subjects, OTHER_LEVEL)]
+
+
+def subject_codes(subjects: np.ndarray, code_of: dict[str, int]) -> np.ndarray:
+    """Each subject's index in the vocabulary; rare and unseen ones share the next index."""
+    other = len(code_of)
+    return np.fromiter((code_of.get(s, other) for s in subjects.tolist()), np.intp, len(subjects))
+
+
+def subject_one_hot(subjects: np.ndarray, code_of: dict[str, int]) -> np.ndarray:
+    """Indicator columns for the vocabulary plus the last, shared 'other' column."""
+    codes = subject_codes(subjects, code_of)
+    one_hot = np.zeros((len(subjects), len(code_of) + 1))
+    one_hot[np.arange(len(subjects)), codes] = 1.0
+    return one_hot
+
+
+def raw_matrix(
+    frame: pd.DataFrame, subjects: Sequence[str], subject_as_code: bool = False
+) -> np.ndarray:
+    """Unscaled encoded matrix: log counts, plain values, sin/cos of cycles, and the
+    subject as one-hot columns or (for trees with native categorical splits) one code."""
     missing = [c for c in MODEL_INPUT_COLUMNS if c not in frame]
     if missing:
         raise ValueError(f"model input lacks columns: {', '.join(missing)}")
@@ -43,26 +86,59 @@ def raw_matrix(frame: pd.DataFrame) -> np.ndarray:
     for column, period in CYCLES:
         angle = 2.0 * np.pi * frame[column].to_numpy(dtype=float) / period
         parts.append(np.column_stack([np.sin(angle), np.cos(angle)]))
-    subject = frame["subject"].astype(str).to_numpy()
-    parts.append((subject[:, None] == np.array(SUBJECTS)[None, :]).astype(float))
+    code_of = {s: i for i, s in enumerate(subjects)}
+    values = frame["subject"].astype(str).to_numpy(dtype=object)
+    if subject_as_code:
+        parts.append(subject_codes(values, code_of).astype(float)[:, None])
+    else:
+        parts.append(subject_one_hot(values, code_of))
     return np.hstack(parts)
+
+
+def subject_notes(subjects, vocabulary) -> list[list[str]]:
+    """Per row: why its subject counted as 'other' (unseen or too rare in training), else []."""
+    known = set(vocabulary)
+    return [[] if s in known else [unseen_subject_note(s)] for s in subjects]
+
+
+def unseen_subject_note(subject: str) -> str:
+    """The note an answer carries for a subject the model scores as 'other'."""
+    return f"subject {subject!r} was not seen in training (often enough); scored as 'other'"
 
 
 class RiskFeatureEncoder(TransformerMixin, BaseEstimator):
     """Encodes the raw context and standardises every encoded column (fitted mean/std).
 
-    Unknown subjects encode as all-zero one-hot columns before scaling."""
+    The subject vocabulary (`subjects_`) is learned in `fit`; see the module docstring.
+    With `subject_as_code` the subject is one unscaled integer column (its index in
+    the vocabulary), for a classifier that splits categories natively."""
+
+    def __init__(
+        self, min_category_count: int = MIN_CATEGORY_COUNT, subject_as_code: bool = False
+    ) -> None:
+        self.min_category_count = min_category_count
+        self.subject_as_code = subject_as_code
 
     def fit(self, X: pd.DataFrame, y=None):
-        matrix = raw_matrix(X)
+        self.subjects_ = learn_vocabulary(X["subject"].to_numpy(), self.min_category_count)
+        matrix = self._raw(X)
         self.mean_ = matrix.mean(axis=0)
         scale = matrix.std(axis=0)
         self.scale_ = np.where(scale > 0, scale, 1.0)
+        if self.subject_as_code:  # a category code is a label, not a quantity
+            self.mean_[-1], self.scale_[-1] = 0.0, 1.0
         self.n_features_in_ = len(MODEL_INPUT_COLUMNS)
         return self
 
+    def _raw(self, X: pd.DataFrame) -> np.ndarray:
+        return raw_matrix(X, self.subjects_, self.subject_as_code)
+
     def transform(self, X: pd.DataFrame) -> np.ndarray:
-        return (raw_matrix(X) - self.mean_) / self.scale_
+        return (self._raw(X) - self.mean_) / self.scale_
+
+    def known_subject(self, subject: str) -> bool:
+        """Whether the subject has its own level (else it is scored as 'other')."""
+        return subject in self.subjects_
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
-        return np.array(encoded_names(), dtype=object)
+        return np.array(encoded_names(self.subjects_, self.subject_as_code), dtype=object)

@@ -30,7 +30,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 
 from training.constants import PRECISION_TARGET
-from training.encoding import RiskFeatureEncoder, encoded_names
+from training.encoding import RiskFeatureEncoder, numeric_names
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,12 @@ MONOTONE_RISK = {
 
 
 def _boosting(seed: int) -> Pipeline:
-    constraints = [MONOTONE_RISK.get(name, 0) for name in encoded_names()]
+    """Trees on the numeric columns plus the subject as one natively categorical column."""
+    names = numeric_names()
+    constraints = [MONOTONE_RISK.get(name, 0) for name in names] + [0]
     clf = HistGradientBoostingClassifier(
         monotonic_cst=constraints,
+        categorical_features=[len(names)],
         max_iter=120,
         learning_rate=0.08,
         max_leaf_nodes=15,
@@ -68,7 +71,7 @@ def _boosting(seed: int) -> Pipeline:
         min_samples_leaf=40,
         random_state=seed,
     )
-    return Pipeline([("encode", RiskFeatureEncoder()), ("clf", clf)])
+    return Pipeline([("encode", RiskFeatureEncoder(subject_as_code=True)), ("clf", clf)])
 
 
 CANDIDATES: tuple[Candidate, ...] = (

@@ -9,7 +9,8 @@ set to their training average)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from mlflow import MlflowClient
 from scipy.special import logit
 
 from training.constants import CHAMPION_ALIAS, risk_level, risk_score
-from training.encoding import encoded_names
+from training.encoding import subject_notes
 from training.features import FACTOR_LABELS, MODEL_INPUT_COLUMNS
 from training.registry import aliased_version, load_sklearn
 
@@ -26,7 +27,7 @@ TOP_FACTORS = 5
 
 
 def _raw_feature_of(encoded: str) -> str:
-    if encoded.startswith("subject_"):
+    if encoded == "subject" or encoded.startswith("subject_"):
         return "subject"
     for column in MODEL_INPUT_COLUMNS:
         if encoded in (column, f"log_{column}", f"{column}_sin", f"{column}_cos"):
@@ -34,9 +35,8 @@ def _raw_feature_of(encoded: str) -> str:
     raise ValueError(f"encoded column {encoded!r} maps to no input feature")
 
 
-def _grouping() -> np.ndarray:
+def grouping(names) -> np.ndarray:
     """Matrix (encoded columns x input features): 1 where a column belongs to a feature."""
-    names = encoded_names()
     groups = np.zeros((len(names), len(MODEL_INPUT_COLUMNS)))
     for i, name in enumerate(names):
         groups[i, MODEL_INPUT_COLUMNS.index(_raw_feature_of(name))] = 1.0
@@ -52,7 +52,6 @@ class ScoringModel:
     threshold: float
     run_id: str = ""
     name: str = ""
-    _groups: np.ndarray = field(default_factory=_grouping, repr=False)
 
     @property
     def _parts(self):
@@ -65,9 +64,22 @@ class ScoringModel:
         pipeline, calibrator = self._parts
         return hasattr(pipeline.named_steps["clf"], "coef_") and hasattr(calibrator, "a_")
 
+    @property
+    def encoder(self):
+        """The fitted `RiskFeatureEncoder` (it holds the learned vocabulary)."""
+        return self._parts[0].named_steps["encode"]
+
+    @cached_property
+    def _groups(self) -> np.ndarray:
+        return grouping(self.encoder.get_feature_names_out().tolist())
+
+    def unseen_subject_notes(self, subjects) -> list[list[str]]:
+        """Per row: a note when the subject has no level of its own in this model."""
+        return subject_notes(subjects, self.encoder.subjects_)
+
     def encode(self, X: pd.DataFrame) -> np.ndarray:
         """The encoded, standardised matrix the classifier sees."""
-        return self._parts[0].named_steps["encode"].transform(X)
+        return self.encoder.transform(X)
 
     def proba_from_encoded(self, Z: np.ndarray) -> np.ndarray:
         """Calibrated probabilities from an encoded matrix."""

@@ -18,7 +18,7 @@ from mlflow.models import infer_signature
 
 from training.constants import PRECISION_TARGET, RISK_BANDS
 from training.dataset import TrainingSet
-from training.encoding import encoded_names
+from training.encoding import OTHER_LEVEL
 from training.errors import NotEnoughData
 from training.features import FEATURE_DOCS
 from training.model import (
@@ -100,7 +100,8 @@ def explain_weights(best: FittedCandidate, ts: TrainingSet, split: Split) -> pd.
     inner = best.model.calibrated_classifiers_[0].estimator  # type: ignore[attr-defined]
     clf = inner.named_steps["clf"]
     if hasattr(clf, "coef_"):
-        return pd.DataFrame({"feature": encoded_names(), "coefficient": clf.coef_[0]})
+        names = inner.named_steps["encode"].get_feature_names_out()
+        return pd.DataFrame({"feature": names, "coefficient": clf.coef_[0]})
     from sklearn.inspection import permutation_importance
 
     result = permutation_importance(
@@ -133,9 +134,26 @@ def _log_artifacts(best: FittedCandidate, ts: TrainingSet, split: Split, thresho
         save_evaluation_plots(y_hold, best.holdout_p, threshold, folder / "plots")
         explain_weights(best, ts, split).to_csv(folder / "weights.csv", index=False)
         (folder / "features.json").write_text(json.dumps(FEATURE_DOCS, indent=2))
+        vocabulary = learned_vocabulary(best.model, ts.X[split.train])
+        (folder / "vocabulary.json").write_text(json.dumps(vocabulary, indent=2))
         mlflow.log_artifacts(str(folder / "plots"), artifact_path="plots")
-        mlflow.log_artifact(str(folder / "weights.csv"))
-        mlflow.log_artifact(str(folder / "features.json"))
+        for name in ("weights.csv", "features.json", "vocabulary.json"):
+            mlflow.log_artifact(str(folder / name))
+
+
+def learned_vocabulary(model, X_train: pd.DataFrame) -> dict:
+    """The categorical levels the fitted model learned, with the training counts behind
+    them: what a subject must be spelled like to count as itself, not 'other'."""
+    encoder = _encoder_of(model)
+    counts = X_train["subject"].astype(str).value_counts()
+    return {
+        "subject": {
+            "levels": list(encoder.subjects_),
+            "other_level": OTHER_LEVEL,
+            "min_count": encoder.min_category_count,
+            "training_counts": {str(k): int(v) for k, v in counts.items()},
+        }
+    }
 
 
 def log_and_register(
@@ -231,10 +249,15 @@ def _tag_version(
         "cutoff": ts.cutoff.isoformat(),
         "data_fingerprint": ts.fingerprint,
         "run_id": run_id,
+        "vocabulary.subject": json.dumps(list(_encoder_of(best.model).subjects_))[:5000],
         **{f"holdout_{k}": f"{metrics[k]:.6f}" for k in ("auc_roc", "precision", "recall", "f1")},
     }
     for key, value in tags.items():
         client.set_model_version_tag(settings.model_name, version.version, key, value)
+
+
+def _encoder_of(model):
+    return model.calibrated_classifiers_[0].estimator.named_steps["encode"]
 
 
 def describe_bands() -> str:
