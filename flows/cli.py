@@ -107,7 +107,12 @@ def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> None:
     from training.db import connection
 
     spec = demo_data.DemoSpec(
-        tutors=args.tutors, days=args.days, seed=args.seed, now=parse_moment(args.now)
+        tutors=args.tutors,
+        days=args.days,
+        seed=args.seed,
+        now=parse_moment(args.now),
+        platform=args.platform,
+        shift=args.shift,
     )
     frames = demo_data.generate(spec)
     with connection(settings) as conn:
@@ -206,6 +211,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--days", type=int, default=120)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--now", default=None, help="ISO 8601 with offset (default: the clock)")
+    demo.add_argument(
+        "--platform",
+        choices=("default", "international"),  # training.demo_data.PLATFORMS (not imported here)
+        default="default",
+        help="which platform's look: subjects, time zones, id shapes",
+    )
+    demo.add_argument(
+        "--shift", action="store_true", help="the platform drifts over the last 30 days"
+    )
     demo.set_defaults(run=cmd_demo_data)
     train = sub.add_parser("train", help="train as of a moment and run the promotion gate")
     train.add_argument("--as-of", default=None, help="ISO 8601 with offset (default: the clock)")
