@@ -197,13 +197,13 @@ def sample_sessions(settings, n: int, seed: int = 11):
             conn, "SELECT student_id, birth_date, timezone FROM platform.students LIMIT 5000"
         )
         history = load_history(conn, now)
+        subjects = read_frame(conn, "SELECT DISTINCT subject FROM platform.sessions")["subject"]
     picked = students.sample(n=n, replace=True, random_state=seed).reset_index(drop=True)
-    from training.constants import SUBJECTS
 
     sessions = pd.DataFrame(
         {
             "tutor_id": rng.choice(tutors.to_numpy(), size=n),
-            "subject": rng.choice(SUBJECTS, size=n),
+            "subject": rng.choice(subjects.to_numpy(), size=n),
             "scheduled_start": [
                 (now + timedelta(hours=int(h), minutes=15 * int(q))).replace(microsecond=0)
                 for h, q in zip(rng.integers(24, 168, n), rng.integers(0, 4, n), strict=True)

@@ -1,5 +1,6 @@
 """Every constant the system shares lives here, once: alias names, risk bands,
-subjects, feature names. Change a value here and every role follows."""
+thresholds. Change a value here and every role follows. No categorical vocabulary
+lives here (or anywhere outside the demo generator): the model learns it."""
 
 from __future__ import annotations
 
@@ -10,26 +11,6 @@ CHALLENGER_ALIAS: Final = "challenger"
 
 POOR_RATING_BELOW: Final = 3
 """A first session rated strictly below this many stars is poor (the label)."""
-
-SUBJECTS: Final[tuple[str, ...]] = (
-    "algebra",
-    "geometry",
-    "calculus",
-    "statistics",
-    "physics",
-    "chemistry",
-    "biology",
-    "computer_science",
-    "english",
-    "writing",
-    "reading",
-    "spanish",
-    "french",
-    "history",
-    "sat_prep",
-    "music",
-)
-"""The platform's 16 subjects; anything else is encoded as 'unknown' (all zeros)."""
 
 RISK_BANDS: Final[tuple[tuple[str, float], ...]] = (
     ("LOW", 0.0),

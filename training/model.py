@@ -76,7 +76,7 @@ def _boosting(seed: int) -> Pipeline:
 
 CANDIDATES: tuple[Candidate, ...] = (
     Candidate("logistic_regression", 0, "sigmoid", _logistic),
-    Candidate("gradient_boosting", 1, "isotonic", _boosting),
+    Candidate("gradient_boosting", 1, "sigmoid", _boosting),
 )
 
 

@@ -3,9 +3,11 @@
 Used by the Bento service and by the scoring flow alike. Reasons are faithful to
 the serving model: for a calibrated linear model they are exact (each feature's
 share of the log-odds, relative to an average training session, summing with
-the baseline to the prediction); for any other model they are occlusion
-attributions (the change in log-odds when that feature's encoded columns are
-set to their training average)."""
+the baseline to the prediction); for gradient boosting they are the exact path
+contributions of its trees (`training.tree_contributions`, scaled by the Platt
+calibration: they too sum with a baseline to the calibrated log-odds); for any
+other model they are occlusion attributions (the change in log-odds when that
+feature's encoded columns are set to their training average)."""
 
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from scipy.special import logit
+from sklearn.ensemble import HistGradientBoostingClassifier
 
 from training.constants import CHAMPION_ALIAS, risk_level, risk_score
 from training.encoding import subject_notes
 from training.features import FACTOR_LABELS, MODEL_INPUT_COLUMNS
 from training.registry import aliased_version, load_sklearn
+from training.tree_contributions import tree_contributions
 
 TOP_FACTORS = 5
 
@@ -93,10 +97,19 @@ class ScoringModel:
     def contributions(self, X: pd.DataFrame) -> np.ndarray:
         """Per row and input feature: its push on the log-odds of a poor session."""
         Z = self.encode(X)
+        pipeline, calibrator = self._parts
+        clf = pipeline.named_steps["clf"]
         if self.is_linear:
-            pipeline, calibrator = self._parts
-            weights = pipeline.named_steps["clf"].coef_[0]
-            return (-calibrator.a_ * Z * weights) @ self._groups
+            return (-calibrator.a_ * Z * clf.coef_[0]) @ self._groups
+        if isinstance(clf, HistGradientBoostingClassifier):
+            _, moves = tree_contributions(clf, Z)
+            scale = -calibrator.a_ if hasattr(calibrator, "a_") else 1.0
+            return (scale * moves) @ self._groups
+        return self._occlusion(Z)
+
+    def _occlusion(self, Z: np.ndarray) -> np.ndarray:
+        """Any other family: the change in log-odds when a feature's encoded columns are
+        set to their training average (0 after standardisation)."""
         base = _safe_logit(self.proba_from_encoded(Z))
         out = np.empty((len(Z), len(MODEL_INPUT_COLUMNS)))
         for j in range(len(MODEL_INPUT_COLUMNS)):
