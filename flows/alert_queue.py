@@ -7,7 +7,8 @@ The state machine (one row per session):
            └──► pending ──claim──► sending ──► sent        (+ prediction.alert_sent)
                    ▲                  │  └───► failed      (max attempts / uncertain)
                    └──── back-off ◄───┘
-                pending ──► cancelled  (session started / no longer high-risk)
+                pending ──► cancelled  (session started, left the platform /
+                                         no longer high-risk)
 
 - A row is claimed for sending by ONE run: `UPDATE ... WHERE session_id = (SELECT
   ... FOR UPDATE SKIP LOCKED LIMIT 1)` flips it to `sending` and commits before
@@ -20,6 +21,11 @@ The state machine (one row per session):
   NOT resent (at-most-once: a tutor never gets the same email twice).
 - A certain failure (relay down, refused) goes back to pending with exponential
   back-off; after the configured number of attempts it is failed, visibly.
+
+Only sessions the platform holds are emailed: a prediction is taken on, rendered and
+claimed only while platform.sessions has it as a scheduled first session of the same
+tutor starting after `now` (whatever fsp.first_session_predictions holds: the API
+or an older version may have stored rows of sessions that do not exist).
 
 Times: eligibility ("is the session still upcoming?") uses the flow's `now`;
 retries and leases use the wall clock (`wall_now`), passed in so tests control it.
@@ -44,29 +50,62 @@ UNCERTAIN_AFTER_CRASH = (
     " relay cannot be asked; not resent so that the tutor never gets it twice"
 )
 
-ELIGIBLE = """
-SELECT p.session_id, p.tutor_id, t.email AS recipient, p.risk_probability,
-       p.alert_threshold, p.model_version
+PLATFORM_SESSION = (
+    "platform.sessions s ON s.session_id = p.session_id AND s.tutor_id = p.tutor_id"
+    " AND s.is_first_session"
+)
+"""The platform's first session of the prediction's own tutor. The alerts flow emails
+only sessions the platform holds as scheduled first sessions starting after `now`
+(contract section 4), whatever rows fsp holds."""
+
+STILL_SCHEDULED = "s.status = 'scheduled' AND s.scheduled_start > %(now)s"
+
+CANDIDATES = f"""
 FROM fsp.first_session_predictions p
-LEFT JOIN platform.tutors t USING (tutor_id)
-LEFT JOIN fsp.alert_deliveries d USING (session_id)
+LEFT JOIN {PLATFORM_SESSION}
+LEFT JOIN platform.tutors t ON t.tutor_id = p.tutor_id
+LEFT JOIN fsp.alert_deliveries d ON d.session_id = p.session_id
 WHERE d.session_id IS NULL AND NOT p.alert_sent
   AND p.alert_threshold IS NOT NULL AND p.risk_probability >= p.alert_threshold
   AND p.scheduled_start > %(now)s
+"""
+"""High-risk predictions of upcoming sessions that no delivery row has taken on yet."""
+
+ELIGIBLE = f"""
+SELECT p.session_id, p.tutor_id, t.email AS recipient, p.risk_probability,
+       p.alert_threshold, p.model_version
+{CANDIDATES}
+  AND {STILL_SCHEDULED}
 ORDER BY p.session_id
 """
 
-DUE = """
+SKIPPED = f"""
+SELECT count(*) FILTER (WHERE s.session_id IS NULL),
+       count(*) FILTER (WHERE s.session_id IS NOT NULL AND NOT ({STILL_SCHEDULED}))
+{CANDIDATES}
+"""
+SKIP_REASONS = (
+    "skipped_not_on_platform",
+    "skipped_not_scheduled",
+)
+"""Why the other candidates get no email (counted per run; they stay candidates, so a
+session the platform books later, or a re-scored start, becomes eligible)."""
+
+DUE = f"""
 SELECT d.session_id, d.message_id, d.recipient, d.attempts, p.tutor_id, t.name AS tutor_name,
        p.scheduled_start, p.subject, p.risk_level, p.risk_score, p.risk_probability,
        p.model_version, p.top_risk_factors, p.features, st.timezone
 FROM fsp.alert_deliveries d
-JOIN fsp.first_session_predictions p USING (session_id)
+JOIN fsp.first_session_predictions p ON p.session_id = d.session_id
+JOIN {PLATFORM_SESSION} AND s.status = 'scheduled'
 LEFT JOIN platform.tutors t ON t.tutor_id = p.tutor_id
 LEFT JOIN platform.students st ON st.student_id = p.student_id
 WHERE d.status = 'pending' AND d.next_attempt_at <= %(wall)s
 ORDER BY d.next_attempt_at, d.session_id
 """
+"""Pending deliveries that are due, of sessions the platform still holds as scheduled
+first sessions (cancel_stale, which runs first, has already cancelled those that
+started or left the platform)."""
 
 
 def holdout_bucket(session_id: str) -> float:
@@ -83,11 +122,17 @@ def in_holdout(session_id: str, share: float) -> bool:
 def enqueue(
     conn: psycopg.Connection, now: datetime, wall_now: datetime, holdout_share: float, sender: str
 ) -> dict[str, int]:
-    """Take on every newly high-risk upcoming session: holdout or pending. Idempotent."""
+    """Take on every newly high-risk upcoming session the platform holds as a scheduled
+    first session: holdout or pending. Idempotent. The other candidates are counted
+    by reason (SKIP_REASONS) in the answer."""
+    params = {"now": now}
     with conn.transaction():
-        rows = read_frame(conn, ELIGIBLE, {"now": now})
+        skipped = dict(
+            zip(SKIP_REASONS, conn.execute(SKIPPED, params).fetchone() or (), strict=True)
+        )
+        rows = read_frame(conn, ELIGIBLE, params)
         if rows.empty:
-            return {"enqueued": 0, "holdout": 0}
+            return {"enqueued": 0, "holdout": 0, **skipped}
         holdout = [in_holdout(s, holdout_share) for s in rows["session_id"]]
         records = [
             (
@@ -119,24 +164,33 @@ def enqueue(
                 " WHERE session_id = ANY(%s) AND NOT alert_holdout",
                 (held_ids,),
             )
-    return {"enqueued": len(records) - len(held_ids), "holdout": len(held_ids)}
+    return {"enqueued": len(records) - len(held_ids), "holdout": len(held_ids), **skipped}
+
+
+CANCEL_STALE = f"""
+UPDATE fsp.alert_deliveries d SET status = 'cancelled', updated_at = now(),
+  last_error = CASE
+    WHEN s.session_id IS NULL THEN 'session not on the platform as a first session of this tutor'
+    WHEN s.status <> 'scheduled' THEN 'session no longer scheduled on the platform: ' || s.status
+    WHEN p.scheduled_start <= %(now)s OR s.scheduled_start <= %(now)s
+      THEN 'session started before the alert could be delivered'
+    ELSE 'no longer above the alert threshold after re-scoring' END
+FROM fsp.first_session_predictions p
+LEFT JOIN {PLATFORM_SESSION}
+WHERE p.session_id = d.session_id AND d.status = 'pending'
+  AND (s.session_id IS NULL OR s.status <> 'scheduled'
+       OR p.scheduled_start <= %(now)s OR s.scheduled_start <= %(now)s
+       OR p.risk_probability < p.alert_threshold)
+"""
 
 
 def cancel_stale(conn: psycopg.Connection, now: datetime) -> int:
-    """Pending alerts whose session has started, or that re-scoring took below the
-    threshold, are cancelled (an email after the start is no use)."""
+    """Pending alerts are cancelled, with the reason, when their session has started,
+    left the platform (or is no longer a scheduled first session of that tutor there),
+    or re-scoring took it below the threshold (an email
+    after the start, or about a session the platform does not hold, is no use)."""
     with conn.transaction():
-        result = conn.execute(
-            "UPDATE fsp.alert_deliveries d SET status = 'cancelled', updated_at = now(),"
-            " last_error = CASE WHEN p.scheduled_start <= %(now)s"
-            "   THEN 'session started before the alert could be delivered'"
-            "   ELSE 'no longer above the alert threshold after re-scoring' END"
-            " FROM fsp.first_session_predictions p"
-            " WHERE p.session_id = d.session_id AND d.status = 'pending'"
-            " AND (p.scheduled_start <= %(now)s OR p.risk_probability < p.alert_threshold)",
-            {"now": now},
-        )
-        return result.rowcount
+        return conn.execute(CANCEL_STALE, {"now": now}).rowcount
 
 
 def due_alerts(conn: psycopg.Connection, wall_now: datetime) -> pd.DataFrame:
@@ -154,19 +208,29 @@ class Claim:
 
 
 def claim_next(
-    conn: psycopg.Connection, wall_now: datetime, session_ids: list[str]
+    conn: psycopg.Connection,
+    wall_now: datetime,
+    session_ids: list[str],
+    now: datetime | None = None,
 ) -> Claim | None:
-    """Atomically move one due row of `session_ids` to `sending` (committed), or None."""
+    """Atomically move one due row of `session_ids` to `sending` (committed), or None.
+
+    Only a row whose session the platform still holds, at this moment, as a scheduled
+    first session of the same tutor is claimed (and, given the run's `now`, one that
+    starts after it; without it the run's cancel_stale has checked the start)."""
+    starts_after = "AND s.scheduled_start > %(now)s" if now is not None else ""
     with conn.transaction():
         row = conn.execute(
             "UPDATE fsp.alert_deliveries SET status = 'sending', attempts = attempts + 1,"
             " claimed_at = %(wall)s, updated_at = now()"
-            " WHERE session_id = (SELECT session_id FROM fsp.alert_deliveries"
-            "   WHERE status = 'pending' AND next_attempt_at <= %(wall)s"
-            "   AND session_id = ANY(%(ids)s)"
-            "   ORDER BY next_attempt_at, session_id FOR UPDATE SKIP LOCKED LIMIT 1)"
+            " WHERE session_id = (SELECT d.session_id FROM fsp.alert_deliveries d"
+            "   JOIN fsp.first_session_predictions p ON p.session_id = d.session_id"
+            f"  JOIN {PLATFORM_SESSION} AND s.status = 'scheduled' {starts_after}"
+            "   WHERE d.status = 'pending' AND d.next_attempt_at <= %(wall)s"
+            "   AND d.session_id = ANY(%(ids)s)"
+            "   ORDER BY d.next_attempt_at, d.session_id FOR UPDATE OF d SKIP LOCKED LIMIT 1)"
             " RETURNING session_id, message_id, attempts",
-            {"wall": wall_now, "ids": session_ids},
+            {"wall": wall_now, "ids": session_ids, "now": now},
         ).fetchone()
     return Claim(*row) if row else None
 

@@ -10,11 +10,30 @@ import pandas as pd
 import psycopg
 
 from training.constants import RISK_BANDS
-from training.predictions import prediction_rows, upsert_predictions
+from training.predictions import STORED_COLUMNS, prediction_rows, stage_incoming
 
 LEVELS = tuple(name for name, _ in RISK_BANDS)
 HIGH_RISK_LEVELS = LEVELS[LEVELS.index("HIGH") :]
 """Bands counted as high risk in the summary (the seed's HIGH and CRITICAL)."""
+
+
+_KEPT = ", ".join(f"s.{c}" if c == "student_id" else f"i.{c}" for c in STORED_COLUMNS)
+STORE_FOR_SCHEDULED_FIRST_SESSIONS = f"""
+INSERT INTO fsp.first_session_predictions ({", ".join(STORED_COLUMNS)})
+SELECT {_KEPT}
+FROM incoming_predictions i
+JOIN platform.sessions s ON s.session_id = i.session_id
+WHERE s.is_first_session AND s.status = 'scheduled'
+  AND s.tutor_id = i.tutor_id AND s.subject = i.subject
+  AND s.scheduled_start = i.scheduled_start
+  AND (i.student_id IS NULL OR i.student_id = s.student_id)
+ON CONFLICT (session_id) DO NOTHING
+RETURNING session_id, prediction_id::text
+"""
+"""What the API may write (contract section 4): a prediction of a session the platform
+holds as a scheduled first session of the same tutor, subject, start (and student, when
+the request names one); never over an existing prediction (the scoring flow's or an
+earlier request's). The student stored is the platform's."""
 
 
 def store_predictions(
@@ -25,18 +44,20 @@ def store_predictions(
     now: datetime,
     threshold: float,
 ) -> dict[str, str]:
-    """Upsert the predictions of sessions that carry a session_id (the shared upsert of
-    the scoring flow); returns {session_id: prediction_id}. When several rows share a
-    session_id (merged batches) the last one wins, as it would one request later."""
+    """Store the predictions of sessions that carry a session_id, where the contract
+    allows it (STORE_FOR_SCHEDULED_FIRST_SESSIONS); returns {session_id: prediction_id}
+    of the rows this call stored: a session_id missing from it was not stored (unknown
+    to the platform, not a scheduled first session of that tutor, or already predicted).
+    When several rows share a session_id (merged batches) the last one is the candidate."""
     rows = prediction_rows(sessions, X, scored, now, threshold)
     rows = rows.drop_duplicates("session_id", keep="last")
-    upsert_predictions(conn, rows)
-    ids = conn.execute(
-        "SELECT session_id, prediction_id::text FROM fsp.first_session_predictions"
-        " WHERE session_id = ANY(%s)",
-        (list(rows["session_id"]),),
-    ).fetchall()
-    return dict(ids)  # type: ignore[arg-type]
+    if rows.empty:
+        return {}
+    with conn.transaction():
+        stage_incoming(conn, rows)
+        stored = conn.execute(STORE_FOR_SCHEDULED_FIRST_SESSIONS).fetchall()
+        conn.execute("DROP TABLE incoming_predictions")
+    return dict(stored)  # type: ignore[arg-type]
 
 
 def tutor_exists(conn: psycopg.Connection, tutor_id: str) -> bool:

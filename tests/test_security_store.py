@@ -12,8 +12,13 @@ import pandas as pd
 import psycopg
 import pytest
 
+from flows import alert_queue as queue
+from flows.alerts import render_batch, run_alerts
+from flows.mailer import OutboxMailer
+from service.store import store_predictions
 from training.db import connect, ensure_platform_schema, upgrade
 from training.predictions import STORED_COLUMNS, upsert_predictions
+from training.settings import get_settings
 
 pytestmark = pytest.mark.services
 
@@ -132,3 +137,207 @@ def test_rescoring_with_nasty_text_updates_in_place(db: str) -> None:
 def _count(conn: psycopg.Connection, sql: str, params=None) -> int:
     row = conn.execute(sql, params).fetchone()
     return int(row[0]) if row else 0
+
+
+# -- What the API may write, and what the alerts flow acts on ---------------------------
+WALL = NOW + timedelta(minutes=5)
+SESSIONS = {
+    # session_id: (tutor, student, subject, hours after NOW, status, first session)
+    "F1": ("T1", "S1", "algebra", 24, "scheduled", True),
+    "F2": ("T2", "S2", "physics", 48, "scheduled", True),
+    "F3": ("T1", "S2", "chemistry", 30, "scheduled", True),
+    "CANCELLED": ("T1", "S2", "algebra", 72, "cancelled", True),
+    "NOT-FIRST": ("T1", "S1", "algebra", 96, "scheduled", False),
+}
+
+
+@pytest.fixture
+def platform(db: str, tmp_path, monkeypatch) -> str:
+    """Two tutors, two students and their booked sessions; settings pointed at the
+    database (no holdout, emails to an outbox folder)."""
+    from tests.conftest import configure_env
+
+    configure_env(monkeypatch, db, tmp_path / "state")
+    monkeypatch.setenv("FSP_ALERT_HOLDOUT_SHARE", "0")
+    monkeypatch.delenv("SMTP_HOST", raising=False)
+    get_settings.cache_clear()
+    with connect(db) as conn, conn.transaction():
+        for tutor, name in (("T1", "Ann"), ("T2", "Bob")):
+            conn.execute(
+                "INSERT INTO platform.tutors VALUES (%s, %s, %s, %s)",
+                (tutor, name, f"{name.lower()}@tutors.example", NOW - timedelta(days=400)),
+            )
+        for student in ("S1", "S2"):
+            conn.execute(
+                "INSERT INTO platform.students VALUES (%s, %s, '2012-05-01', 'America/New_York')",
+                (student, f"student {student}"),
+            )
+        for sid, (tutor, student, subject, hours, status, first) in SESSIONS.items():
+            conn.execute(
+                "INSERT INTO platform.sessions VALUES (%s, %s, %s, %s, %s, 60, %s, %s, %s)",
+                (
+                    sid,
+                    tutor,
+                    student,
+                    subject,
+                    NOW + timedelta(hours=hours),
+                    status,
+                    first,
+                    NOW - timedelta(days=1),
+                ),
+            )
+    yield db
+    get_settings.cache_clear()
+
+
+def _request(session_id: str, **change) -> dict:
+    """An API request for a platform session (its own identity unless changed)."""
+    tutor, student, subject, hours, _, _ = SESSIONS.get(
+        session_id, ("T1", "S1", "algebra", 24, "scheduled", True)
+    )
+    request = {
+        "session_id": session_id,
+        "tutor_id": tutor,
+        "student_id": student,
+        "subject": subject,
+        "scheduled_start": NOW + timedelta(hours=hours),
+    }
+    request.update(change)
+    return request
+
+
+def api_store(conn: psycopg.Connection, *requests: dict, risk: float = 0.9) -> dict[str, str]:
+    """What service.logic does with /predict requests that carry a session_id."""
+    sessions = pd.DataFrame(list(requests))
+    n = len(sessions)
+    X = pd.DataFrame({"student_age": [14.0] * n, "subject": sessions["subject"]})
+    scored = pd.DataFrame(
+        {
+            "risk_probability": [risk] * n,
+            "risk_score": [round(risk * 100)] * n,
+            "risk_level": ["CRITICAL" if risk >= 0.5 else "LOW"] * n,
+            "risk_prediction": [int(risk >= 0.4)] * n,
+            "model_version": ["api"] * n,
+            "top_risk_factors": [[{"feature": "subject", "value": 1, "contribution": 0.3}]] * n,
+        }
+    )
+    return store_predictions(conn, sessions, X, scored, NOW, 0.4)
+
+
+def flow_store(conn: psycopg.Connection, *session_ids: str, risk: float = 0.9, **change) -> None:
+    """Predictions as the scoring flow (or an older version) wrote them."""
+    rows = _rows(len(session_ids), "x")
+    for i, sid in enumerate(session_ids):
+        for column, value in _request(sid).items():
+            rows.loc[i, column] = value
+        rows.loc[i, "model_version"] = "flow"
+        rows.loc[i, "risk_probability"] = risk
+        rows.loc[i, "features"] = json.dumps({"student_age": 14, "subject": "algebra"})
+        rows.loc[i, "top_risk_factors"] = "[]"
+    for column, value in change.items():
+        rows[column] = value
+    rows["scheduled_start"] = pd.to_datetime(rows["scheduled_start"], utc=True)
+    upsert_predictions(conn, rows)
+
+
+def _stored(conn: psycopg.Connection) -> dict[str, tuple]:
+    return {
+        r[0]: r[1:]
+        for r in conn.execute(
+            "SELECT session_id, tutor_id, student_id, risk_probability, model_version,"
+            " updated_at FROM fsp.first_session_predictions"
+        ).fetchall()
+    }
+
+
+def test_api_stores_only_a_scheduled_first_session_of_the_same_tutor(platform: str) -> None:
+    with connect(platform) as conn:
+        refused = [
+            _request("MADE-UP"),  # not on the platform
+            _request("F1", tutor_id="T2"),  # another tutor's session
+            _request("F1", subject="physics"),
+            _request("F1", scheduled_start=NOW + timedelta(hours=25)),
+            _request("F1", student_id="S2"),
+            _request("CANCELLED"),
+            _request("NOT-FIRST"),
+            _request("tab\tnew\nline"),
+        ]
+        for request in refused:
+            assert api_store(conn, request) == {}, request
+        assert _stored(conn) == {}
+
+        ids = api_store(conn, _request("F1"), _request("F3", student_id=None), _request("NOPE"))
+        assert set(ids) == {"F1", "F3"}
+        stored = _stored(conn)
+        assert set(stored) == {"F1", "F3"}
+        assert stored["F3"][:2] == ("T1", "S2")  # the platform's student, not a NULL
+        got = conn.execute(
+            "SELECT prediction_id::text FROM fsp.first_session_predictions WHERE session_id = 'F1'"
+        ).fetchone()
+        assert got == (ids["F1"],)
+
+
+def test_api_never_overwrites_an_existing_prediction(platform: str) -> None:
+    with connect(platform) as conn:
+        flow_store(conn, "F2", risk=0.1)
+        before = _stored(conn)
+        assert before["F2"][:4] == ("T2", "S2", 0.1, "flow")
+        # Another tutor naming F2, and F2's own tutor: neither replaces the flow's row.
+        assert api_store(conn, _request("F2", tutor_id="T1"), risk=0.99) == {}
+        assert api_store(conn, _request("F2"), risk=0.99) == {}
+        # An earlier API prediction is not replaced either.
+        first = api_store(conn, _request("F1"), risk=0.2)
+        assert set(first) == {"F1"}
+        assert api_store(conn, _request("F1"), risk=0.99) == {}
+        after = _stored(conn)
+    assert after["F2"] == before["F2"]
+    assert after["F1"][2] == 0.2
+
+
+def _outbox_ids(folder) -> list[str]:
+    from email import message_from_bytes
+    from email.policy import default
+
+    return sorted(
+        str(message_from_bytes(f.read_bytes(), policy=default)["X-FSP-Session-Id"])
+        for f in folder.glob("*.eml")
+    )
+
+
+def test_alerts_email_only_sessions_the_platform_holds(platform: str, tmp_path) -> None:
+    outbox = tmp_path / "outbox"
+    with connect(platform, autocommit=True) as conn:
+        assert api_store(conn, _request("MADE-UP")) == {}  # the API stores nothing
+        # Rows an older version let in: a made-up session, another tutor's session,
+        # a cancelled and a repeat session, beside a real one.
+        flow_store(conn, "GHOST", "CANCELLED", "NOT-FIRST", "F1")
+        flow_store(conn, "F2", tutor_id="T1")  # F2 is T2's on the platform
+        summary = run_alerts(conn, OutboxMailer(outbox), get_settings(), NOW, WALL)
+        assert summary["sent"] == 1 and summary["enqueued"] == 1
+        assert summary["skipped_not_on_platform"] == 3  # GHOST, NOT-FIRST, F2 as T1's
+        assert summary["skipped_not_scheduled"] == 1  # CANCELLED
+        assert _outbox_ids(outbox) == ["F1"]
+        again = run_alerts(conn, OutboxMailer(outbox), get_settings(), NOW, WALL)
+        assert again["sent"] == 0 and _outbox_ids(outbox) == ["F1"]
+
+
+def test_a_session_cancelled_after_enqueueing_is_not_emailed(platform: str, tmp_path) -> None:
+    from flows.alerts import deliver
+
+    mailer = OutboxMailer(tmp_path / "outbox")
+    settings = get_settings()
+    with connect(platform, autocommit=True) as conn:
+        flow_store(conn, "F1", "F3")
+        queue.enqueue(conn, NOW, WALL, 0.0, settings.smtp_from_email)
+        batch = render_batch(queue.due_alerts(conn, WALL), NOW, settings.smtp_from_email)
+        assert sorted(batch.messages) == ["F1", "F3"]
+        # Between rendering and sending: the platform cancels F1, F3 starts.
+        conn.execute("UPDATE platform.sessions SET status = 'cancelled' WHERE session_id = 'F1'")
+        assert queue.claim_next(conn, WALL, ["F3"], now=NOW + timedelta(hours=31)) is None
+        assert deliver(conn, mailer, batch, settings, WALL)["sent"] == 1
+        assert _outbox_ids(tmp_path / "outbox") == ["F3"]
+        assert queue.cancel_stale(conn, NOW) == 1
+        reason = conn.execute(
+            "SELECT status, last_error FROM fsp.alert_deliveries WHERE session_id = 'F1'"
+        ).fetchone()
+    assert reason == ("cancelled", "session no longer scheduled on the platform: cancelled")

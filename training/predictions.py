@@ -1,5 +1,6 @@
 """Stored predictions (fsp.first_session_predictions): the upcoming sessions to score,
-and the idempotent bulk upsert shared by the scoring flow and the API.
+the idempotent bulk upsert of the scoring flow, and the COPY staging it shares with
+the API's insert-only storage (service/store.py).
 
 An upsert never touches the alert or outcome columns, so re-scoring a session
 that was already alerted can never cause a second email; a re-run with the same
@@ -114,8 +115,9 @@ def copy_rows(conn: psycopg.Connection, table: str, rows: pd.DataFrame) -> None:
             cp.write_row(row)
 
 
-def _incoming_table(conn: psycopg.Connection, rows: pd.DataFrame) -> None:
-    """A temp table `incoming_predictions` (dropped at commit) holding `rows`."""
+def stage_incoming(conn: psycopg.Connection, rows: pd.DataFrame) -> None:
+    """A temp table `incoming_predictions` holding `rows` (the caller, inside a
+    transaction, moves what it keeps into fsp.first_session_predictions and drops it)."""
     conn.execute(
         "CREATE TEMP TABLE incoming_predictions (LIKE fsp.first_session_predictions"
         " INCLUDING DEFAULTS) ON COMMIT DROP"
@@ -130,7 +132,7 @@ def upsert_predictions(conn: psycopg.Connection, rows: pd.DataFrame) -> int:
     columns = ", ".join(STORED_COLUMNS)
     changed_if = " OR ".join(f"p.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in _COMPARED)
     with conn.transaction():
-        _incoming_table(conn, rows)
+        stage_incoming(conn, rows)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in STORED_COLUMNS if c != "session_id")
         result = conn.execute(
             f"INSERT INTO fsp.first_session_predictions AS p ({columns})"
