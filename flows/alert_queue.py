@@ -8,7 +8,7 @@ The state machine (one row per session):
                    ▲                  │  └───► failed      (max attempts / uncertain)
                    └──── back-off ◄───┘
                 pending ──► cancelled  (session started, left the platform /
-                                         no longer high-risk)
+                                         no longer high-risk, start out of range)
 
 - A row is claimed for sending by ONE run: `UPDATE ... WHERE session_id = (SELECT
   ... FOR UPDATE SKIP LOCKED LIMIT 1)` flips it to `sending` and commits before
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -50,6 +50,15 @@ UNCERTAIN_AFTER_CRASH = (
     " relay cannot be asked; not resent so that the tutor never gets it twice"
 )
 
+EARLIEST_START = datetime(1678, 1, 1, tzinfo=UTC)
+LATEST_START = datetime(2262, 1, 1, tzinfo=UTC)
+"""The sane range of a stored scheduled_start: inside pandas' (1677-2262) and Python's
+(year < 10000) datetimes. A row outside it (written by an older version) is skipped
+with a counted reason instead of breaking the batch."""
+
+_RANGE = {"earliest": EARLIEST_START, "latest": LATEST_START}
+IN_RANGE = "p.scheduled_start >= %(earliest)s AND p.scheduled_start < %(latest)s"
+
 PLATFORM_SESSION = (
     "platform.sessions s ON s.session_id = p.session_id AND s.tutor_id = p.tutor_id"
     " AND s.is_first_session"
@@ -58,7 +67,9 @@ PLATFORM_SESSION = (
 only sessions the platform holds as scheduled first sessions starting after `now`
 (contract section 4), whatever rows fsp holds."""
 
-STILL_SCHEDULED = "s.status = 'scheduled' AND s.scheduled_start > %(now)s"
+STILL_SCHEDULED = (
+    "s.status = 'scheduled' AND s.scheduled_start > %(now)s AND s.scheduled_start < %(latest)s"
+)
 
 CANDIDATES = f"""
 FROM fsp.first_session_predictions p
@@ -75,16 +86,19 @@ ELIGIBLE = f"""
 SELECT p.session_id, p.tutor_id, t.email AS recipient, p.risk_probability,
        p.alert_threshold, p.model_version
 {CANDIDATES}
-  AND {STILL_SCHEDULED}
+  AND {IN_RANGE} AND {STILL_SCHEDULED}
 ORDER BY p.session_id
 """
 
 SKIPPED = f"""
-SELECT count(*) FILTER (WHERE s.session_id IS NULL),
-       count(*) FILTER (WHERE s.session_id IS NOT NULL AND NOT ({STILL_SCHEDULED}))
+SELECT count(*) FILTER (WHERE NOT ({IN_RANGE})),
+       count(*) FILTER (WHERE {IN_RANGE} AND s.session_id IS NULL),
+       count(*) FILTER (WHERE {IN_RANGE} AND s.session_id IS NOT NULL
+                          AND NOT ({STILL_SCHEDULED}))
 {CANDIDATES}
 """
 SKIP_REASONS = (
+    "skipped_start_out_of_range",
     "skipped_not_on_platform",
     "skipped_not_scheduled",
 )
@@ -100,12 +114,12 @@ JOIN fsp.first_session_predictions p ON p.session_id = d.session_id
 JOIN {PLATFORM_SESSION} AND s.status = 'scheduled'
 LEFT JOIN platform.tutors t ON t.tutor_id = p.tutor_id
 LEFT JOIN platform.students st ON st.student_id = p.student_id
-WHERE d.status = 'pending' AND d.next_attempt_at <= %(wall)s
+WHERE d.status = 'pending' AND d.next_attempt_at <= %(wall)s AND {IN_RANGE}
 ORDER BY d.next_attempt_at, d.session_id
 """
 """Pending deliveries that are due, of sessions the platform still holds as scheduled
 first sessions (cancel_stale, which runs first, has already cancelled those that
-started or left the platform)."""
+started, left the platform or fell out of range)."""
 
 
 def holdout_bucket(session_id: str) -> float:
@@ -125,7 +139,7 @@ def enqueue(
     """Take on every newly high-risk upcoming session the platform holds as a scheduled
     first session: holdout or pending. Idempotent. The other candidates are counted
     by reason (SKIP_REASONS) in the answer."""
-    params = {"now": now}
+    params = {"now": now, **_RANGE}
     with conn.transaction():
         skipped = dict(
             zip(SKIP_REASONS, conn.execute(SKIPPED, params).fetchone() or (), strict=True)
@@ -170,6 +184,7 @@ def enqueue(
 CANCEL_STALE = f"""
 UPDATE fsp.alert_deliveries d SET status = 'cancelled', updated_at = now(),
   last_error = CASE
+    WHEN NOT ({IN_RANGE}) THEN 'scheduled_start out of range (not a real session start)'
     WHEN s.session_id IS NULL THEN 'session not on the platform as a first session of this tutor'
     WHEN s.status <> 'scheduled' THEN 'session no longer scheduled on the platform: ' || s.status
     WHEN p.scheduled_start <= %(now)s OR s.scheduled_start <= %(now)s
@@ -178,7 +193,7 @@ UPDATE fsp.alert_deliveries d SET status = 'cancelled', updated_at = now(),
 FROM fsp.first_session_predictions p
 LEFT JOIN {PLATFORM_SESSION}
 WHERE p.session_id = d.session_id AND d.status = 'pending'
-  AND (s.session_id IS NULL OR s.status <> 'scheduled'
+  AND (NOT ({IN_RANGE}) OR s.session_id IS NULL OR s.status <> 'scheduled'
        OR p.scheduled_start <= %(now)s OR s.scheduled_start <= %(now)s
        OR p.risk_probability < p.alert_threshold)
 """
@@ -187,15 +202,15 @@ WHERE p.session_id = d.session_id AND d.status = 'pending'
 def cancel_stale(conn: psycopg.Connection, now: datetime) -> int:
     """Pending alerts are cancelled, with the reason, when their session has started,
     left the platform (or is no longer a scheduled first session of that tutor there),
-    or re-scoring took it below the threshold (an email
+    has a start out of range, or re-scoring took it below the threshold (an email
     after the start, or about a session the platform does not hold, is no use)."""
     with conn.transaction():
-        return conn.execute(CANCEL_STALE, {"now": now}).rowcount
+        return conn.execute(CANCEL_STALE, {"now": now, **_RANGE}).rowcount
 
 
 def due_alerts(conn: psycopg.Connection, wall_now: datetime) -> pd.DataFrame:
     """Pending deliveries whose next attempt is due, with everything the email needs."""
-    return read_frame(conn, DUE, {"wall": wall_now})
+    return read_frame(conn, DUE, {"wall": wall_now, **_RANGE})
 
 
 @dataclass(frozen=True)

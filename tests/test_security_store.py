@@ -341,3 +341,45 @@ def test_a_session_cancelled_after_enqueueing_is_not_emailed(platform: str, tmp_
             "SELECT status, last_error FROM fsp.alert_deliveries WHERE session_id = 'F1'"
         ).fetchone()
     assert reason == ("cancelled", "session no longer scheduled on the platform: cancelled")
+
+
+# -- Rows out of range --------------------------------------------------------------------
+def test_alerts_skip_out_of_range_starts_and_send_the_rest(platform: str, tmp_path) -> None:
+    outbox = tmp_path / "outbox"
+    settings = get_settings()
+    with connect(platform, autocommit=True) as conn:
+        flow_store(conn, "F1", "F3", "FAR", "FARTHER")
+        for sid, start in (("FAR", "2300-01-01 10:00+00"), ("FARTHER", "10000-01-01 10:00+00")):
+            conn.execute(
+                "UPDATE fsp.first_session_predictions SET scheduled_start = %s"
+                " WHERE session_id = %s",
+                (start, sid),
+            )
+        # F3 was taken on by an older version before its start went out of range.
+        queue.enqueue(conn, NOW, WALL, 0.0, settings.smtp_from_email)
+        conn.execute("DELETE FROM fsp.alert_deliveries WHERE session_id <> 'F3'")
+        conn.execute(
+            "UPDATE fsp.first_session_predictions SET scheduled_start = '12000-06-01 00:00+00'"
+            " WHERE session_id = 'F3'"
+        )
+        summary = run_alerts(conn, OutboxMailer(outbox), settings, NOW, WALL)
+        assert summary["skipped_start_out_of_range"] == 2  # FAR, FARTHER
+        assert summary["cancelled"] == 1  # F3, pending with an impossible start
+        assert summary["sent"] == 1 and _outbox_ids(outbox) == ["F1"]
+        f3 = conn.execute(
+            "SELECT status, last_error FROM fsp.alert_deliveries WHERE session_id = 'F3'"
+        ).fetchone()
+    assert f3 == ("cancelled", "scheduled_start out of range (not a real session start)")
+
+
+def test_alerts_flow_command_path_survives_out_of_range_rows(platform: str) -> None:
+    from flows.alerts import alerts_flow
+
+    with connect(platform, autocommit=True) as conn:
+        flow_store(conn, "F1", "FARTHER")
+        conn.execute(
+            "UPDATE fsp.first_session_predictions SET scheduled_start = '10000-01-01 10:00+00'"
+            " WHERE session_id = 'FARTHER'"
+        )
+    summary = alerts_flow(now=NOW.isoformat())
+    assert summary["sent"] == 1 and summary["skipped_start_out_of_range"] == 1
