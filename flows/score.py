@@ -8,13 +8,13 @@ or outcome columns, so an alerted session is never alerted again."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
 import pandas as pd
 import psycopg
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import parse_moment
@@ -22,6 +22,7 @@ from flows.retrying import RETRYING
 from training.db import connection
 from training.errors import InvalidInput
 from training.features import TutorHistory, load_history
+from training.platform_rows import check_sessions
 from training.predictions import (
     model_input_as_of,
     prediction_rows,
@@ -52,17 +53,21 @@ def validate_lookahead(hours: Any) -> float:
 
 @dataclass(frozen=True)
 class Upcoming:
-    """The sessions to score and the tutor history as it stood at `now`."""
+    """The sessions to score, the tutor history as it stood at `now`, and the platform
+    rows set aside as unscorable (reason → count; see training.platform_rows)."""
 
     sessions: pd.DataFrame
     history: TutorHistory | None
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 def read_upcoming(conn: psycopg.Connection, now: datetime, hours: float) -> Upcoming:
-    """Upcoming first sessions; the history is only read when there is something to score."""
+    """Upcoming first sessions fit to score; the history is only read when there is
+    something to score. A bad row is skipped with a named reason, never fatal."""
     sessions = upcoming_sessions(conn, now, hours)
     history = load_history(conn, now) if not sessions.empty else None
-    return Upcoming(sessions, history)
+    checked = check_sessions(sessions, history)
+    return Upcoming(checked.sessions, history, checked.skipped)
 
 
 def score_rows(model: ScoringModel, upcoming: Upcoming, now: datetime) -> pd.DataFrame:
@@ -78,13 +83,19 @@ def score_upcoming(
     conn: psycopg.Connection, model: ScoringModel, now: datetime, hours: float
 ) -> dict[str, Any]:
     """The whole scoring step without Prefect (benchmarks and tests call it directly)."""
-    rows = score_rows(model, read_upcoming(conn, now, hours), now)
+    upcoming = read_upcoming(conn, now, hours)
+    rows = score_rows(model, upcoming, now)
     changed = upsert_predictions(conn, rows)
-    return summarize(rows, changed, model, now, hours)
+    return summarize(rows, changed, model, now, hours, upcoming.skipped)
 
 
 def summarize(
-    rows: pd.DataFrame, changed: int, model: ScoringModel, now: datetime, hours: float
+    rows: pd.DataFrame,
+    changed: int,
+    model: ScoringModel,
+    now: datetime,
+    hours: float,
+    skipped: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """What a scoring run did, JSON-able."""
     levels = rows["risk_level"].value_counts().to_dict() if not rows.empty else {}
@@ -97,6 +108,7 @@ def summarize(
         "rows_changed": changed,
         "above_threshold": int(rows["risk_prediction"].sum()) if not rows.empty else 0,
         "risk_levels": {k: int(v) for k, v in sorted(levels.items())},
+        "sessions_skipped": dict(sorted((skipped or {}).items())),
     }
 
 
@@ -138,4 +150,6 @@ def score_flow(
     upcoming = load_upcoming(settings, moment, hours)
     rows = featurise_and_score(model, upcoming, moment)
     changed = store_predictions(settings, rows)
-    return summarize(rows, changed, model, moment, hours)
+    for reason, count in upcoming.skipped.items():
+        get_run_logger().warning("skipped %d session(s) from the platform: %s", count, reason)
+    return summarize(rows, changed, model, moment, hours, upcoming.skipped)
