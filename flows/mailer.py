@@ -13,7 +13,10 @@ import os
 import smtplib
 import ssl
 from dataclasses import dataclass
+from email import message_from_bytes
+from email.errors import HeaderParseError
 from email.message import EmailMessage
+from email.policy import default as default_policy
 from pathlib import Path
 from typing import Protocol
 
@@ -51,6 +54,30 @@ def _wire_bytes(message: EmailMessage) -> bytes:
     return message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
 
 
+RECIPIENT_HEADERS = ("To", "Cc", "Bcc", "Resent-To", "Resent-Cc", "Resent-Bcc")
+
+
+def single_recipient(message: EmailMessage) -> str:
+    """The one address a message goes to, read from its bytes as they will leave (so a
+    header smuggled into a value, e.g. a Bcc decoded from an encoded word, shows up).
+    DeliveryFailed unless there is exactly one To header with one address and no other
+    recipient header: a message is never delivered to anyone else."""
+    parsed = message_from_bytes(_wire_bytes(message), policy=default_policy)
+    present = {name: len(parsed.get_all(name) or []) for name in RECIPIENT_HEADERS}
+    others = [name for name, n in present.items() if n and name != "To"]
+    if present["To"] != 1 or others:
+        raise DeliveryFailed(
+            f"refusing to send {message['Message-ID']}: recipient headers {present}"
+        )
+    try:
+        addresses = [a.addr_spec for a in parsed["To"].addresses]
+    except (AttributeError, IndexError, ValueError, HeaderParseError) as exc:
+        raise DeliveryFailed(f"refusing to send: unreadable To header ({exc})") from exc
+    if len(addresses) != 1:
+        raise DeliveryFailed(f"refusing to send: {len(addresses)} addresses in To")
+    return addresses[0]
+
+
 def outbox_file_name(message_id: str) -> str:
     """The outbox file of a message: its Message-ID without angle brackets, + .eml."""
     core = message_id.strip().strip("<>").replace("/", "_")
@@ -65,6 +92,7 @@ class OutboxMailer:
     folder: Path
 
     def send(self, message: EmailMessage) -> None:
+        single_recipient(message)
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / outbox_file_name(str(message["Message-ID"]))
         partial = target.with_suffix(".eml.partial")
@@ -106,7 +134,7 @@ class SmtpMailer:
 
     def send(self, message: EmailMessage) -> None:
         sender = message["From"].addresses[0].addr_spec
-        recipients = [a.addr_spec for a in message["To"].addresses]
+        recipients = [single_recipient(message)]
         try:
             client = self._connect()
         except (OSError, smtplib.SMTPException) as exc:

@@ -161,6 +161,13 @@ def platform(db: str, tmp_path, monkeypatch) -> str:
     monkeypatch.setenv("FSP_ALERT_HOLDOUT_SHARE", "0")
     monkeypatch.delenv("SMTP_HOST", raising=False)
     get_settings.cache_clear()
+    seed_platform(db)
+    yield db
+    get_settings.cache_clear()
+
+
+def seed_platform(db: str) -> None:
+    """Tutors T1 (Ann) and T2 (Bob), students S1 and S2, and SESSIONS."""
     with connect(db) as conn, conn.transaction():
         for tutor, name in (("T1", "Ann"), ("T2", "Bob")):
             conn.execute(
@@ -186,8 +193,6 @@ def platform(db: str, tmp_path, monkeypatch) -> str:
                     NOW - timedelta(days=1),
                 ),
             )
-    yield db
-    get_settings.cache_clear()
 
 
 def _request(session_id: str, **change) -> dict:
