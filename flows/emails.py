@@ -183,6 +183,7 @@ TIP_WRITERS: Final = {
     "reschedule_rate": ("Reliability", _tip_reliability),
     "no_show_rate": ("Reliability", _tip_reliability),
     "engagement_score": ("Before the session", _tip_engagement),
+    "engagement_recent_mean": ("Before the session", _tip_engagement),
     "local_dow": ("The day", _tip_weekday),
 }
 """Feature → (tip title, writer). Features that share advice share a title, and a

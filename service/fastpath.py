@@ -24,13 +24,13 @@ import numpy as np
 import pandas as pd
 
 from training.constants import RISK_BANDS, risk_level, risk_score
-from training.encoding import subject_notes, subject_one_hot
+from training.encoding import NUMERIC_INPUTS, encode_numeric, subject_notes
 from training.features import FACTOR_LABELS, MODEL_INPUT_COLUMNS, TUTOR_HISTORY_COLUMNS
 
 if TYPE_CHECKING:
     from training.scoring import ScoringModel
 
-NUMERIC_COLUMNS: tuple[str, ...] = tuple(c for c in MODEL_INPUT_COLUMNS if c != "subject")
+NUMERIC_COLUMNS: tuple[str, ...] = NUMERIC_INPUTS
 """Model input without `subject`, in MODEL_INPUT_COLUMNS order."""
 
 
@@ -69,10 +69,8 @@ class ModelRows:
 class LinearParams:
     """Everything needed to evaluate the calibrated linear model without sklearn."""
 
-    log_columns: tuple[str, ...]
-    plain_columns: tuple[str, ...]
-    cycles: tuple[tuple[str, float], ...]
     subjects: tuple[str, ...]
+    bin_edges: tuple[tuple[float, ...], ...]
     mean: np.ndarray
     scale: np.ndarray
     coef: np.ndarray
@@ -85,7 +83,6 @@ class LinearParams:
     @classmethod
     def from_scoring_model(cls, model: ScoringModel) -> LinearParams:
         """Read the fitted parameters (packaging time: sklearn is loaded there anyway)."""
-        from training.encoding import CYCLES, LOG_COLUMNS, PLAIN_COLUMNS
         from training.scoring import TOP_FACTORS, grouping
 
         if not model.is_linear:
@@ -94,10 +91,8 @@ class LinearParams:
         pipeline, calibrator = calibrated.estimator, calibrated.calibrators[0]
         encoder, clf = pipeline.named_steps["encode"], pipeline.named_steps["clf"]
         return cls(
-            log_columns=tuple(LOG_COLUMNS),
-            plain_columns=tuple(PLAIN_COLUMNS),
-            cycles=tuple((c, float(p)) for c, p in CYCLES),
             subjects=tuple(encoder.subjects_),
+            bin_edges=tuple(tuple(edges) for edges in encoder.bin_edges_),
             mean=np.asarray(encoder.mean_, dtype=float),
             scale=np.asarray(encoder.scale_, dtype=float),
             coef=np.asarray(clf.coef_[0], dtype=float),
@@ -112,10 +107,8 @@ class LinearParams:
         """JSON-ready form; floats round-trip exactly through `repr`."""
         return {
             "model_input_columns": list(MODEL_INPUT_COLUMNS),
-            "log_columns": list(self.log_columns),
-            "plain_columns": list(self.plain_columns),
-            "cycles": [[c, p] for c, p in self.cycles],
             "subjects": list(self.subjects),
+            "bin_edges": [list(edges) for edges in self.bin_edges],
             "mean": self.mean.tolist(),
             "scale": self.scale.tolist(),
             "coef": self.coef.tolist(),
@@ -132,10 +125,8 @@ class LinearParams:
         if tuple(data["model_input_columns"]) != MODEL_INPUT_COLUMNS:
             raise ValueError("fast-path parameters were written for other model input columns")
         return cls(
-            log_columns=tuple(data["log_columns"]),
-            plain_columns=tuple(data["plain_columns"]),
-            cycles=tuple((c, float(p)) for c, p in data["cycles"]),
             subjects=tuple(data["subjects"]),
+            bin_edges=tuple(tuple(float(e) for e in edges) for edges in data["bin_edges"]),
             mean=np.asarray(data["mean"], dtype=float),
             scale=np.asarray(data["scale"], dtype=float),
             coef=np.asarray(data["coef"], dtype=float),
@@ -167,33 +158,20 @@ class Scorer(Protocol):
 
 
 class FastLinearScorer:
-    """The calibrated linear model in plain numpy (same operations as training.encoding)."""
+    """The calibrated linear model in plain numpy, encoding with the logged model's own
+    function (`training.encoding.encode_numeric`)."""
 
     def __init__(self, params: LinearParams) -> None:
         self.params = params
         self.top_factors = params.top_factors
-        index = {c: i for i, c in enumerate(NUMERIC_COLUMNS)}
-        self._log = np.array([index[c] for c in params.log_columns])
-        self._plain = np.array([index[c] for c in params.plain_columns])
-        self._cycles = [(index[c], period) for c, period in params.cycles]
-        self._subjects = np.array(params.subjects, dtype=object)
         self._subject_code = {s: i for i, s in enumerate(params.subjects)}
         self._weights = params.coef
         self._contribution_scale = -params.platt_a * params.coef
 
     def encode(self, rows: ModelRows) -> np.ndarray:
         """The standardised encoded matrix (what the classifier sees)."""
-        X = rows.numeric
-        parts = [np.log1p(np.clip(X[:, self._log], 0, None)), X[:, self._plain]]
-        for column, period in self._cycles:
-            angle = 2.0 * np.pi * X[:, column] / period
-            parts.append(np.column_stack([np.sin(angle), np.cos(angle)]))
-        parts.append(self._one_hot(rows.subjects))
-        return (np.hstack(parts) - self.params.mean) / self.params.scale
-
-    def _one_hot(self, subjects: np.ndarray) -> np.ndarray:
-        """Subject indicator columns, the last shared by rare and unseen subjects."""
-        return subject_one_hot(subjects, self._subject_code)
+        raw = encode_numeric(rows.numeric, rows.subjects, self._subject_code, self.params.bin_edges)
+        return (raw - self.params.mean) / self.params.scale
 
     def notes(self, subjects: Sequence[str]) -> list[list[str]]:
         """Per row: a note when its subject is scored as 'other'."""

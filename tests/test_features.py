@@ -68,6 +68,21 @@ def test_engagement_in_force_is_the_latest_at_or_before_the_moment():
     assert got == [0.5, 0.3, 0.3, 0.9, 0.9]  # 0.5: the prior before any score exists
 
 
+def test_recent_engagement_mean_averages_the_window_and_never_a_later_score():
+    """The mean of the scores published in the last weeks before the moment: a score
+    published after the moment (or another tutor's) never moves it; with no score in
+    the window it is the score in force."""
+    e1, e2 = T0 + timedelta(days=7), T0 + timedelta(days=14)
+    scores = [("A", e1, 0.3), ("A", e2, 0.9), ("B", e2, 0.0)]
+    history = _history(engagement=scores)
+    later = _history(engagement=[*scores, ("A", e2 + timedelta(seconds=1), 0.0)])
+    moments = [e1 - timedelta(seconds=1), e1, e2, e2 + timedelta(days=100)]
+    got = history.features(["A"] * 4, moments)["engagement_recent_mean"].tolist()
+    assert got == pytest.approx([0.5, 0.3, 0.6, 0.9])  # 0.9: window empty, score in force
+    same = later.features(["A"] * 3, moments[:3])["engagement_recent_mean"].tolist()
+    assert same == pytest.approx(got[:3])
+
+
 def test_a_tutor_with_one_session_is_not_judged_like_one_with_three_hundred():
     moment = T0 + timedelta(days=400)
     bad_once = [("A", True, 1, T0 + timedelta(days=1))]

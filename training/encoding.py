@@ -26,6 +26,7 @@ PLAIN_COLUMNS = (
     "avg_rating",
     "first_session_success_rate",
     "engagement_score",
+    "engagement_recent_mean",
     "reschedule_rate",
     "no_show_rate",
     "student_age",
@@ -44,19 +45,45 @@ def learn_vocabulary(values: Sequence[str] | np.ndarray, min_count: int) -> tupl
     return tuple(sorted(kept.index.tolist(), key=lambda v: (-int(kept[v]), v)))
 
 
-def numeric_names() -> list[str]:
-    """Names of the encoded columns before the subject's, in order (fixed by the code)."""
+BINNED_COLUMNS = ("tutor_tenure_days", "student_age", "local_hour")
+"""Inputs whose effect need not be a straight line (a risk can be highest for the
+youngest and the teenage students, or early and late in the day): each also gets
+indicator columns over quantile bins learned from the training rows, so even the
+linear model can follow a bend. Only the bin count is fixed here, never an edge."""
+N_BINS: Final = 6
+NUMERIC_INPUTS: tuple[str, ...] = tuple(c for c in MODEL_INPUT_COLUMNS if c != "subject")
+"""The model input without `subject`, in MODEL_INPUT_COLUMNS order (the numeric matrix
+both the logged model and the serving fast path encode)."""
+_INDEX = {c: i for i, c in enumerate(NUMERIC_INPUTS)}
+
+
+def learn_bin_edges(numeric: np.ndarray) -> tuple[tuple[float, ...], ...]:
+    """Inner quantile edges of each binned input (duplicates dropped)."""
+    qs = np.linspace(0, 1, N_BINS + 1)[1:-1]
+    return tuple(
+        tuple(np.unique(np.quantile(numeric[:, _INDEX[c]], qs)).tolist()) for c in BINNED_COLUMNS
+    )
+
+
+def numeric_names(bin_edges: Sequence[Sequence[float]] = ()) -> list[str]:
+    """Names of the encoded columns before the subject's, in order."""
     names = [f"log_{c}" for c in LOG_COLUMNS] + list(PLAIN_COLUMNS)
     for column, _ in CYCLES:
         names += [f"{column}_sin", f"{column}_cos"]
+    for column, edges in zip(BINNED_COLUMNS, bin_edges, strict=False):
+        names += [f"{column}_bin{k}" for k in range(len(edges) + 1)]
     return names
 
 
-def encoded_names(subjects: Sequence[str], subject_as_code: bool = False) -> list[str]:
-    """Names of the encoded columns, in order, for a learned subject vocabulary."""
+def encoded_names(
+    subjects: Sequence[str],
+    subject_as_code: bool = False,
+    bin_edges: Sequence[Sequence[float]] = (),
+) -> list[str]:
+    """Names of the encoded columns, in order, for a learned vocabulary and bins."""
     if subject_as_code:
-        return [*numeric_names(), "subject"]
-    return numeric_names() + [f"subject_{s}" for s in (*subjects, OTHER_LEVEL)]
+        return [*numeric_names(bin_edges), "subject"]
+    return numeric_names(bin_edges) + [f"subject_{s}" for s in (*subjects, OTHER_LEVEL)]
 
 
 def subject_codes(subjects: np.ndarray, code_of: dict[str, int]) -> np.ndarray:
@@ -73,26 +100,45 @@ def subject_one_hot(subjects: np.ndarray, code_of: dict[str, int]) -> np.ndarray
     return one_hot
 
 
-def raw_matrix(
-    frame: pd.DataFrame, subjects: Sequence[str], subject_as_code: bool = False
+def _bins(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    one_hot = np.zeros((len(values), len(edges) + 1))
+    one_hot[np.arange(len(values)), np.searchsorted(np.asarray(edges), values, side="right")] = 1
+    return one_hot
+
+
+def encode_numeric(
+    numeric: np.ndarray,
+    subjects: np.ndarray,
+    code_of: dict[str, int],
+    bin_edges: Sequence[Sequence[float]],
+    subject_as_code: bool = False,
 ) -> np.ndarray:
-    """Unscaled encoded matrix: log counts, plain values, sin/cos of cycles, and the
-    subject as one-hot columns or (for trees with native categorical splits) one code."""
+    """THE encoding (unscaled), on arrays: log counts, plain values, sin/cos of cycles,
+    quantile-bin indicators, and the subject as one-hot columns or (for trees with
+    native categorical splits) one code. The logged model and the serving fast path
+    both call this function."""
+    X = numeric
+    parts = [np.log1p(np.clip(X[:, [_INDEX[c] for c in LOG_COLUMNS]], 0, None))]
+    parts.append(X[:, [_INDEX[c] for c in PLAIN_COLUMNS]])
+    for column, period in CYCLES:
+        angle = 2.0 * np.pi * X[:, _INDEX[column]] / period
+        parts.append(np.column_stack([np.sin(angle), np.cos(angle)]))
+    for column, edges in zip(BINNED_COLUMNS, bin_edges, strict=False):
+        parts.append(_bins(X[:, _INDEX[column]], edges))
+    if subject_as_code:
+        parts.append(subject_codes(subjects, code_of).astype(float)[:, None])
+    else:
+        parts.append(subject_one_hot(subjects, code_of))
+    return np.hstack(parts)
+
+
+def input_arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The model input frame as (numeric matrix in NUMERIC_INPUTS order, subjects)."""
     missing = [c for c in MODEL_INPUT_COLUMNS if c not in frame]
     if missing:
         raise ValueError(f"model input lacks columns: {', '.join(missing)}")
-    parts = [np.log1p(np.clip(frame[list(LOG_COLUMNS)].to_numpy(dtype=float), 0, None))]
-    parts.append(frame[list(PLAIN_COLUMNS)].to_numpy(dtype=float))
-    for column, period in CYCLES:
-        angle = 2.0 * np.pi * frame[column].to_numpy(dtype=float) / period
-        parts.append(np.column_stack([np.sin(angle), np.cos(angle)]))
-    code_of = {s: i for i, s in enumerate(subjects)}
-    values = frame["subject"].astype(str).to_numpy(dtype=object)
-    if subject_as_code:
-        parts.append(subject_codes(values, code_of).astype(float)[:, None])
-    else:
-        parts.append(subject_one_hot(values, code_of))
-    return np.hstack(parts)
+    numeric = frame[list(NUMERIC_INPUTS)].to_numpy(dtype=float)
+    return numeric, frame["subject"].astype(str).to_numpy(dtype=object)
 
 
 def subject_notes(subjects, vocabulary) -> list[list[str]]:
@@ -111,16 +157,23 @@ class RiskFeatureEncoder(TransformerMixin, BaseEstimator):
 
     The subject vocabulary (`subjects_`) is learned in `fit`; see the module docstring.
     With `subject_as_code` the subject is one unscaled integer column (its index in
-    the vocabulary), for a classifier that splits categories natively."""
+    the vocabulary), for a classifier that splits categories natively; trees follow
+    bends by themselves, so they take `with_bins=False`."""
 
     def __init__(
-        self, min_category_count: int = MIN_CATEGORY_COUNT, subject_as_code: bool = False
+        self,
+        min_category_count: int = MIN_CATEGORY_COUNT,
+        subject_as_code: bool = False,
+        with_bins: bool = True,
     ) -> None:
         self.min_category_count = min_category_count
         self.subject_as_code = subject_as_code
+        self.with_bins = with_bins
 
     def fit(self, X: pd.DataFrame, y=None):
-        self.subjects_ = learn_vocabulary(X["subject"].to_numpy(), self.min_category_count)
+        numeric, subjects = input_arrays(X)
+        self.subjects_ = learn_vocabulary(subjects, self.min_category_count)
+        self.bin_edges_ = learn_bin_edges(numeric) if self.with_bins else ()
         matrix = self._raw(X)
         self.mean_ = matrix.mean(axis=0)
         scale = matrix.std(axis=0)
@@ -131,7 +184,9 @@ class RiskFeatureEncoder(TransformerMixin, BaseEstimator):
         return self
 
     def _raw(self, X: pd.DataFrame) -> np.ndarray:
-        return raw_matrix(X, self.subjects_, self.subject_as_code)
+        numeric, subjects = input_arrays(X)
+        code_of = {s: i for i, s in enumerate(self.subjects_)}
+        return encode_numeric(numeric, subjects, code_of, self.bin_edges_, self.subject_as_code)
 
     def transform(self, X: pd.DataFrame) -> np.ndarray:
         return (self._raw(X) - self.mean_) / self.scale_
@@ -141,4 +196,5 @@ class RiskFeatureEncoder(TransformerMixin, BaseEstimator):
         return subject in self.subjects_
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
-        return np.array(encoded_names(self.subjects_, self.subject_as_code), dtype=object)
+        names = encoded_names(self.subjects_, self.subject_as_code, self.bin_edges_)
+        return np.array(names, dtype=object)

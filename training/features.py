@@ -38,6 +38,10 @@ PRIOR_FIRST_SUCCESS, K_FIRST_SUCCESS = 0.83, 5.0
 PRIOR_RESCHEDULE, K_RESCHEDULE = 0.06, 10.0
 PRIOR_NO_SHOW, K_NO_SHOW = 0.02, 10.0
 PRIOR_ENGAGEMENT = 0.5
+ENGAGEMENT_WINDOW_DAYS = 56
+"""The recent engagement mean averages the scores published over this many days:
+one score is a noisy reading of how engaged a tutor is; several weeks of them
+are a steadier one."""
 
 FEATURE_DOCS: dict[str, str] = {
     "tutor_tenure_days": "days since the tutor onboarded, at the moment",
@@ -49,6 +53,8 @@ FEATURE_DOCS: dict[str, str] = {
     "n_rated_first_sessions": "how many rated first sessions (the evidence behind it)",
     "engagement_score": "the platform's engagement score in force (latest as_of <= moment); "
     f"{PRIOR_ENGAGEMENT} when the tutor has none yet",
+    "engagement_recent_mean": "mean of the engagement scores published in the last "
+    f"{ENGAGEMENT_WINDOW_DAYS} days before the moment; the score in force when none was",
     "reschedule_rate": "share of the tutor's ended sessions the tutor rescheduled, "
     f"shrunk toward {PRIOR_RESCHEDULE} with weight {K_RESCHEDULE}",
     "no_show_rate": "share of the tutor's ended sessions the tutor missed, "
@@ -60,7 +66,10 @@ FEATURE_DOCS: dict[str, str] = {
     "student_age": "the student's age in whole years on the session's local date",
 }
 MODEL_INPUT_COLUMNS: tuple[str, ...] = tuple(FEATURE_DOCS)
-TUTOR_HISTORY_COLUMNS: tuple[str, ...] = MODEL_INPUT_COLUMNS[:9]
+TUTOR_HISTORY_COLUMNS: tuple[str, ...] = MODEL_INPUT_COLUMNS[
+    : MODEL_INPUT_COLUMNS.index("local_hour")
+]
+"""The features that depend on the tutor and the moment only (the rest on the session)."""
 _KEY_SCALE = np.int64(10_000_000_000)  # tutor code * scale + epoch seconds
 
 
@@ -100,6 +109,12 @@ class _EventIndex:
         """Per query: sum of each value over the tutor's events strictly before the moment."""
         lo = np.searchsorted(self.keys, codes * _KEY_SCALE, side="left")
         hi = np.searchsorted(self.keys, codes * _KEY_SCALE + seconds, side="left")
+        return {name: s[hi] - s[lo] for name, s in self.sums.items()}
+
+    def totals_in(self, codes: np.ndarray, start: np.ndarray, end: np.ndarray):
+        """Per query: sum of each value over the tutor's events in (start, end]."""
+        lo = np.searchsorted(self.keys, codes * _KEY_SCALE + start, side="right")
+        hi = np.searchsorted(self.keys, codes * _KEY_SCALE + end, side="right")
         return {name: s[hi] - s[lo] for name, s in self.sums.items()}
 
     def latest_at_or_before(self, codes: np.ndarray, seconds: np.ndarray, name: str):
@@ -148,7 +163,7 @@ class TutorHistory:
             engagement=_EventIndex.build(
                 _codes(codes, engagement["tutor_id"]),
                 _ceil_seconds(engagement["as_of"]),
-                {"score": engagement["score"].to_numpy()},
+                {"score": engagement["score"].to_numpy(), "count": np.ones(len(engagement))},
             ),
             known_until=known_until,
         )
@@ -211,6 +226,12 @@ def _history_columns(history: TutorHistory, codes: np.ndarray, seconds: np.ndarr
     s = history.sessions.totals_before(codes, seconds)
     r = history.ratings.totals_before(codes, seconds)
     engagement = history.engagement.latest_at_or_before(codes, seconds, "score")
+    engagement = np.where(np.isnan(engagement), PRIOR_ENGAGEMENT, engagement)
+    since = np.maximum(seconds - ENGAGEMENT_WINDOW_DAYS * 86400, 0)  # keys stay in the tutor
+    window = history.engagement.totals_in(codes, since, seconds)
+    recent = np.divide(
+        window["score"], window["count"], out=engagement.copy(), where=window["count"] > 0
+    )
     ended = s["completed"] + s["rescheduled"] + s["no_show"]
     tenure = (seconds - history.onboarded_seconds[codes]) / 86400.0
     return pd.DataFrame(
@@ -222,7 +243,8 @@ def _history_columns(history: TutorHistory, codes: np.ndarray, seconds: np.ndarr
                 r["first_good"], r["first_count"], PRIOR_FIRST_SUCCESS, K_FIRST_SUCCESS
             ),
             "n_rated_first_sessions": r["first_count"],
-            "engagement_score": np.where(np.isnan(engagement), PRIOR_ENGAGEMENT, engagement),
+            "engagement_score": engagement,
+            "engagement_recent_mean": recent,
             "reschedule_rate": _shrunk(s["rescheduled"], ended, PRIOR_RESCHEDULE, K_RESCHEDULE),
             "no_show_rate": _shrunk(s["no_show"], ended, PRIOR_NO_SHOW, K_NO_SHOW),
             "session_count": s["completed"],
@@ -407,6 +429,7 @@ FACTOR_LABELS: dict[str, str] = {
     "first_session_success_rate": "how the tutor's past first sessions went",
     "n_rated_first_sessions": "how many rated first sessions the tutor has had",
     "engagement_score": "the tutor's engagement on the platform",
+    "engagement_recent_mean": "the tutor's engagement over recent weeks",
     "reschedule_rate": "how often the tutor reschedules",
     "no_show_rate": "how often the tutor misses sessions",
     "session_count": "how many sessions the tutor has taught",

@@ -71,7 +71,8 @@ def _boosting(seed: int) -> Pipeline:
         min_samples_leaf=40,
         random_state=seed,
     )
-    return Pipeline([("encode", RiskFeatureEncoder(subject_as_code=True)), ("clf", clf)])
+    encoder = RiskFeatureEncoder(subject_as_code=True, with_bins=False)
+    return Pipeline([("encode", encoder), ("clf", clf)])
 
 
 CANDIDATES: tuple[Candidate, ...] = (

@@ -36,6 +36,8 @@ def _raw_feature_of(encoded: str) -> str:
     for column in MODEL_INPUT_COLUMNS:
         if encoded in (column, f"log_{column}", f"{column}_sin", f"{column}_cos"):
             return column
+        if encoded.startswith(f"{column}_bin") and encoded[len(column) + 4 :].isdigit():
+            return column
     raise ValueError(f"encoded column {encoded!r} maps to no input feature")
 
 
