@@ -68,8 +68,10 @@ def deliver(
     settings: Settings,
     wall_now: datetime,
     clock: Callable[[], datetime] = wall_clock,
+    now: datetime | None = None,
 ) -> dict[str, int]:
-    """Claim, send and record each message of the batch, one at a time.
+    """Claim, send and record each message of the batch, one at a time; given the
+    run's `now`, a session that has started by then is never claimed.
 
     Stops early when the relay is down: the rest stay pending, attempts untouched.
     `conn` must be in autocommit mode so that each claim is committed before its
@@ -81,7 +83,7 @@ def deliver(
         queue.mark_undeliverable(conn, session_id, reason)
         counts["undeliverable"] += 1
     ids = list(batch.messages)
-    while ids and (claim := queue.claim_next(conn, wall_now, ids)) is not None:
+    while ids and (claim := queue.claim_next(conn, wall_now, ids, now=now)) is not None:
         try:
             mailer.send(batch.messages[claim.session_id])
         except DeliveryFailed as exc:
@@ -117,7 +119,7 @@ def run_alerts(
     )
     cancelled = queue.cancel_stale(conn, now)
     batch = render_batch(queue.due_alerts(conn, wall_now), now, settings.smtp_from_email)
-    delivered = deliver(conn, mailer, batch, settings, wall_now)
+    delivered = deliver(conn, mailer, batch, settings, wall_now, now=now)
     return summarize(now, mailer, recovered, queued, cancelled, delivered, conn)
 
 
@@ -193,11 +195,13 @@ def render_emails(due: pd.DataFrame, now: datetime, sender: str) -> Batch:
 
 
 @task(cache_policy=NO_CACHE, **RETRYING)
-def send_emails(settings: Settings, mailer: Mailer, batch: Batch, wall_now: datetime) -> dict:
+def send_emails(
+    settings: Settings, mailer: Mailer, batch: Batch, wall_now: datetime, now: datetime
+) -> dict:
     """Claim-send-record each message; a retry after a lost DB connection is safe
     (claimed rows stay `sending` until recovered, so nothing goes out twice)."""
     with connect(database_url(settings), autocommit=True) as conn:
-        return deliver(conn, mailer, batch, settings, wall_now)
+        return deliver(conn, mailer, batch, settings, wall_now, now=now)
 
 
 @task(cache_policy=NO_CACHE, **RETRYING)
@@ -219,7 +223,7 @@ def alerts_flow(now: str | datetime | None = None) -> dict[str, Any]:
     cancelled = cancel_stale_alerts(settings, moment)
     due = load_due(settings, wall_now)
     batch = render_emails(due, moment, settings.smtp_from_email)
-    delivered = send_emails(settings, mailer, batch, wall_now)
+    delivered = send_emails(settings, mailer, batch, wall_now, moment)
     return {
         "now": moment.isoformat(),
         "delivery": mailer.describe(),
