@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +53,22 @@ class Settings(BaseSettings):
     monitor_min_labelled: int = Field(default=50, ge=1, alias="FSP_MONITOR_MIN_LABELLED")
     demo_tutors: int = Field(default=1000, ge=50, le=100_000, alias="FSP_DEMO_TUTORS")
     monitor_min_drift_rows: int = Field(default=200, ge=1, alias="FSP_MONITOR_MIN_DRIFT_ROWS")
+
+    # The predict API's access (contract section 4, "Access"): one or more keys,
+    # comma-separated, each accepted as `Authorization: Bearer <key>`. Unset: no key
+    # is asked for (a laptop on loopback). A secret: never printed, logged or echoed.
+    api_key: SecretStr | None = Field(default=None, alias="FSP_API_KEY")
+    api_public_metrics: bool = Field(default=False, alias="FSP_API_PUBLIC_METRICS")
+    api_public_docs: bool = Field(default=False, alias="FSP_API_PUBLIC_DOCS")
+
+    @property
+    def api_keys(self) -> tuple[bytes, ...]:
+        """The accepted API keys (FSP_API_KEY split at commas, blanks dropped), as bytes
+        for a constant-time comparison; empty when no key is set."""
+        if self.api_key is None:
+            return ()
+        keys = (k.strip() for k in self.api_key.get_secret_value().split(","))
+        return tuple(k.encode() for k in keys if k)
 
     @property
     def pg_dir(self) -> Path:
