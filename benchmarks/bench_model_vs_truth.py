@@ -10,8 +10,8 @@ each as of its own start (what scoring before the session sees), and compare:
 
 - champion: the candidate `fsp train` would choose;
 - ceiling: the true probabilities (no model can rank better on these labels);
-- baseline: the reference logistic regression (standardised features, class-weighted,
-  Platt-calibrated, no learned bins: the seed's baseline), fitted on the same rows.
+- baseline: the reference logistic regression candidate (standardised features,
+  class-weighted, Platt-calibrated, no learned bins: the seed's baseline).
 
 Prints AUC, Brier score and expected calibration error (10 bins) per row, and
 the champion's gap to the ceiling. Goal: gap <= 0.03 everywhere, champion AUC
@@ -79,22 +79,6 @@ def _figures(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
-def _reference_pipeline(seed: int):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-
-    from training.encoding import RiskFeatureEncoder
-
-    clf = LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed)
-    return Pipeline([("encode", RiskFeatureEncoder(with_bins=False)), ("clf", clf)])
-
-
-def _reference():
-    from training.model import Candidate
-
-    return Candidate("reference_logistic_regression", 0, "sigmoid", _reference_pipeline)
-
-
 def run_one(url: str, platform: str, seed: int, tutors: int, days: int) -> dict:
     """Generate, train as of the cut-off, judge the sessions after it against the truth."""
     from training.dataset import build_training_set
@@ -115,12 +99,11 @@ def run_one(url: str, platform: str, seed: int, tutors: int, days: int) -> dict:
     from training.model import CANDIDATES
 
     fitted = [fit_candidate(c, ts, split, settings) for c in CANDIDATES]
-    reference = _reference()
     best = choose(fitted, settings)
     after = (later.starts >= cutoff).to_numpy()
     X, y = later.X[after], later.y[after]
     p_true = np.array([truth[s] for s in later.session_ids[after]])
-    baseline = fit_candidate(reference, ts, split, settings)
+    baseline = next(f for f in fitted if f.candidate.name == "logistic_regression")
     return {
         "platform": platform,
         "seed": seed,
