@@ -23,13 +23,14 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, NotRequired
 
 from _bentoml_sdk.io_models import IORootModel
-from pydantic import AwareDatetime, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import InitErrorDetails
 from typing_extensions import TypedDict
 
 from service.config import MAX_BATCH_SIZE
 from service.schemas import (
     Identifier,
+    Moment,
     PredictionResponse,
     ReferenceCheck,
     SessionBatch,
@@ -37,6 +38,7 @@ from service.schemas import (
     ZoneName,
     _reference,
     _zone_exists,
+    start_window_problem,
 )
 
 
@@ -47,7 +49,7 @@ class SessionRow(TypedDict):
     __pydantic_config__ = ConfigDict(extra="forbid", str_strip_whitespace=True)  # type: ignore[misc]
 
     subject: Subject
-    scheduled_start: AwareDatetime
+    scheduled_start: Moment
     student_id: NotRequired[Identifier | None]
     student_age: NotRequired[Annotated[int, Field(ge=0, le=120)] | None]
     timezone: NotRequired[ZoneName | None]
@@ -67,7 +69,12 @@ def _error(loc: tuple[int | str, ...], message: str, value: Any) -> InitErrorDet
 def row_errors(rows: list[dict[str, Any]], reference: ReferenceCheck | None) -> list:
     """SessionRequest's Python rules and the batch's unique session ids, over all rows.
     Reference data is asked once per distinct tutor, student and zone, in bulk; the
-    rows are walked one by one only to locate a problem found that way."""
+    rows are walked one by one only to locate a problem found that way. The start
+    window is checked against the reference's clock (once per batch: earliest and
+    latest start)."""
+    window = _window_errors(rows, reference)
+    if window:
+        return window
     tutors = {row["tutor_id"] for row in rows}
     ages = [row.get("student_age") for row in rows]
     zones = [row.get("timezone") for row in rows]
@@ -86,6 +93,25 @@ def row_errors(rows: list[dict[str, Any]], reference: ReferenceCheck | None) -> 
     if bad_zones or bad_tutors or bad_students or not shapes_ok:
         return _located_errors(rows, bad_zones, bad_tutors, bad_students)
     return _duplicate_session(rows)
+
+
+def _window_errors(rows: list[dict[str, Any]], reference: ReferenceCheck | None) -> list:
+    """Each start outside the accepted window around the server's now, located."""
+    if reference is None or not rows:
+        return []
+    now = reference.now()
+    starts = [row["scheduled_start"] for row in rows]
+    if (
+        start_window_problem(min(starts), now) is None
+        and start_window_problem(max(starts), now) is None
+    ):
+        return []
+    errors: list[InitErrorDetails] = []
+    for index, start in enumerate(starts):
+        problem = start_window_problem(start, now)
+        if problem:
+            errors.append(_error((index, "scheduled_start"), problem, start.isoformat()))
+    return errors
 
 
 def _located_errors(rows, bad_zones: set, bad_tutors: dict, bad_students: dict) -> list:

@@ -6,6 +6,7 @@ what a deployment changes (database, MLflow store, state folder) comes from
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Final
 
 SERVICE_NAME: Final = "first_session_risk"
@@ -40,14 +41,17 @@ SNAPSHOT_REFRESH_SECONDS: Final = 300.0
 DB_CHECK_SECONDS: Final = 1.0
 """How often each worker checks that the database answers (readiness, 503s)."""
 
-DB_CONNECT_TIMEOUT_SECONDS: Final = 3
-"""Connect timeout of the health connection, so a dead host is noticed quickly."""
+DB_CONNECT_TIMEOUT_SECONDS: Final = 2
+"""Connect timeout of the health and pooled connections, so a dead host is noticed
+quickly (libpq's and psycopg's smallest: a value of 1 is taken as 2)."""
 
 POOL_MAX_SIZE: Final = 4
 """Connections per worker for storing predictions and the read endpoints."""
 
-POOL_TIMEOUT_SECONDS: Final = 5.0
-"""How long a request waits for a pooled connection before answering 503."""
+POOL_TIMEOUT_SECONDS: Final = 0.5
+"""How long a request waits for a pooled connection before answering 503: the first
+request after the database went away answers within a second (storing a prediction
+takes a few milliseconds, so a healthy pool never makes a request wait this long)."""
 
 BENTO_MODEL_ARTIFACT: Final = "mlflow_model"
 """Folder, inside the BentoML model, holding the logged MLflow model as downloaded."""
@@ -60,3 +64,39 @@ READ_DAYS_MAX: Final = 3650
 
 LOOKAHEAD_HOURS_MAX: Final = 24 * 14
 """Largest `lookahead_hours` window of predict-upcoming."""
+
+
+SCHEDULED_START_PAST: Final = timedelta(days=1)
+"""How far in the past a `scheduled_start` may lie (a session that just began)."""
+
+SCHEDULED_START_FUTURE: Final = timedelta(days=365)
+"""How far ahead a `scheduled_start` may lie."""
+
+MAX_UTC_OFFSET: Final = timedelta(hours=14)
+"""Largest UTC offset a time may carry (the real ones span -12:00 ... +14:00)."""
+
+MIN_YEAR: Final = 2000
+"""Earliest year of any time a request carries (`scheduled_start`, `now`)."""
+
+MAX_YEAR: Final = 2100
+"""Latest year of any time a request carries (`scheduled_start`, `now`)."""
+
+MAX_BODY_BYTES: Final = 2 * 1024 * 1024
+"""Largest request body, in bytes (answered 413 beyond it). A full batch of
+MAX_BATCH_SIZE sessions with the longest identifiers takes about 0.7 MB."""
+
+PUBLIC_PATHS: Final = frozenset({"/livez", "/readyz"})
+"""Endpoints answered without an API key even when FSP_API_KEY is set."""
+
+METRICS_PATHS: Final = frozenset({"/metrics"})
+"""Endpoints open without a key only when FSP_API_PUBLIC_METRICS is true."""
+
+DOCS_PATHS: Final = frozenset(
+    {"/", "/docs.json", "/schema.json", API_PREFIX + "/docs", API_PREFIX + "/openapi.json"}
+)
+"""Endpoints open without a key only when FSP_API_PUBLIC_DOCS is true (with the static
+files of the documentation page, under /static_content/)."""
+
+OTHER_ROUTE_LABEL: Final = "other"
+"""The `endpoint` label /metrics gives every path that is no route of the service (one
+label for all of them: a scan of random paths cannot grow the metrics)."""

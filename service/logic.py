@@ -4,6 +4,7 @@ HTTP fronts to it; the in-process tests drive it directly."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -108,16 +109,45 @@ def _frame(sessions: Sequence[SessionRequest], students: list[str | None]) -> pd
 
 _ANSWER: TypeAdapter = TypeAdapter(dict[str, Any])
 
+PERSONAL_FEATURES = ("student_age", "local_hour", "local_dow")
+"""Reasons that tell what a student's record holds: the age, and the local time (which
+tells the time zone). When the record supplied them (the caller gave a student_id,
+not an age and zone), the answer leaves these reasons out: an API caller learns the
+risk, never a student's personal data. Stored predictions keep every reason."""
+
+_PERSONAL_FACTOR = (
+    r'\{"feature":"(?:' + "|".join(PERSONAL_FEATURES) + r')","label":"[^"]*",'
+    r'"value":[^,{}]*,"contribution":[^,{}]*,"direction":"[a-z ]*"\}'
+)
+_PERSONAL_JSON = re.compile(rf"(?<=\[){_PERSONAL_FACTOR},?|,{_PERSONAL_FACTOR}")
+"""A personal reason in an answer's JSON text, with the comma that joins it (a subject,
+the only free text there, is JSON-escaped and cannot hold an unescaped quote)."""
+
+
+def _by_record(row: dict[str, Any]) -> bool:
+    return row.get("student_age") is None and row.get("timezone") is None
+
+
+def _without_personal(factors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [f for f in factors if f["feature"] not in PERSONAL_FEATURES]
+
 
 class RiskService:
     """Scores sessions as of request time with the served model and the feature snapshot."""
 
     def __init__(
-        self, model: ServedModel, keeper: SnapshotKeeper, clock: Callable[[], datetime]
+        self,
+        model: ServedModel,
+        keeper: SnapshotKeeper,
+        clock: Callable[[], datetime],
+        hide_record_reasons: bool = False,
     ) -> None:
         self.model = model
         self.keeper = keeper
         self.clock = clock
+        self.hide_record_reasons = hide_record_reasons
+        """True in the served API: answers scored from a student's record leave out the
+        reasons that tell what it holds (PERSONAL_FEATURES)."""
         self.writer = (
             LinearAnswerWriter(model.scorer, model.threshold, model.mlflow_version)
             if isinstance(model.scorer, FastLinearScorer)
@@ -173,6 +203,8 @@ class RiskService:
             result["tutor_id"] = s.tutor_id
             result["session_id"] = s.session_id
             result["prediction_id"] = ids.get(s.session_id) if s.session_id else None
+            if self.hide_record_reasons and s.uses_student_record:
+                result["top_risk_factors"] = _without_personal(result["top_risk_factors"])
         return results
 
     def batch_model_rows(
@@ -220,7 +252,12 @@ class RiskService:
             for tutor_id, result in zip(tutor_ids, results, strict=True):
                 result.update(tutor_id=tutor_id, session_id=None, prediction_id=None)
             texts = [_ANSWER.dump_json(a).decode() for a in results]
-        return texts
+        if not self.hide_record_reasons:
+            return texts
+        return [
+            _PERSONAL_JSON.sub("", text) if _by_record(row) else text
+            for row, text in zip(rows, texts, strict=True)
+        ]
 
     def _store(self, sessions, rows: ModelRows, results: list[dict], now: datetime):
         keep = [i for i, s in enumerate(sessions) if s.session_id]
@@ -253,6 +290,9 @@ class RiskService:
         order = sorted(
             range(len(tutors)), key=lambda i: (results[i]["risk_probability"], tutors[i])
         )
+        if self.hide_record_reasons and request.uses_student_record:
+            for result in results:
+                result["top_risk_factors"] = _without_personal(result["top_risk_factors"])
         return RankResponse(
             model_version=self.model.mlflow_version,
             scheduled_start=request.scheduled_start,

@@ -45,6 +45,9 @@ from training.features import local_calendar
 
 log = logging.getLogger("bentoml.fsp")  # under "bentoml": shown by its log config
 
+DATABASE_UNAVAILABLE = "database unavailable"
+"""What a caller is told while the database does not answer (503)."""
+
 STUDENTS_SQL = "SELECT student_id, birth_date, timezone FROM platform.students"
 ONE_STUDENT_SQL = STUDENTS_SQL + " WHERE student_id = %s"
 
@@ -162,12 +165,18 @@ class SnapshotKeeper:
 
     @property
     def not_ready_reason(self) -> str | None:
+        """Why requests cannot be answered now, in words a caller may read: never where
+        the database is (the detail, host and port included, goes to the log)."""
         if self.db_error is not None:
-            return f"database unavailable: {self.db_error}"
+            return DATABASE_UNAVAILABLE
         if self.snapshot is None:
-            reason = self.refresh_error or "still loading"
+            reason = "loading failed, retrying" if self.refresh_error else "still loading"
             return f"tutor feature snapshot not loaded: {reason}"
         return None
+
+    def now(self) -> datetime:
+        """The moment requests are answered as of (request validation asks it)."""
+        return self.clock()
 
     def current(self) -> FeatureSnapshot:
         """The snapshot, or DatabaseUnavailable when there is none yet."""
@@ -177,9 +186,16 @@ class SnapshotKeeper:
         return snapshot
 
     def require_database(self) -> None:
-        """Raise the reason when the last health check failed."""
+        """Raise DatabaseUnavailable when the last health check failed."""
         if self.db_error is not None:
-            raise DatabaseUnavailable(f"database unavailable: {self.db_error}")
+            raise DatabaseUnavailable(DATABASE_UNAVAILABLE)
+
+    def _database_failed(self, exc: BaseException) -> None:
+        """Remember the failure; log it (with where) once per outage."""
+        detail = _first_line(exc)
+        if self.db_error is None or self.db_error == "not checked yet":
+            log.warning("database unavailable: %s", detail)
+        self.db_error = detail
 
     # -- reference checks used during request validation -----------------------------
     def check_tutor(self, tutor_id: str) -> str | None:
@@ -243,13 +259,13 @@ class SnapshotKeeper:
         self.require_database()
         pool = self._pool
         if pool is None:
-            raise DatabaseUnavailable("database unavailable: not connected yet")
+            raise DatabaseUnavailable(DATABASE_UNAVAILABLE)
         try:
             with pool.connection(timeout=POOL_TIMEOUT_SECONDS) as conn:  # type: ignore[attr-defined]
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as exc:
-            self.db_error = _first_line(exc)
-            raise DatabaseUnavailable(f"database unavailable: {self.db_error}") from exc
+            self._database_failed(exc)
+            raise DatabaseUnavailable(DATABASE_UNAVAILABLE) from exc
 
     def _open_pool(self, url: str) -> None:
         from psycopg_pool import ConnectionPool
@@ -278,18 +294,33 @@ class SnapshotKeeper:
                 )
             self._health.execute("SELECT 1")
         except Exception as exc:  # any failure means the same to a caller: not answering
-            self.db_error = _first_line(exc)
+            self._database_failed(exc)
             if self._health is not None:
                 self._health.close()
                 self._health = None
             return False
+        if self.db_error is not None and self.db_error != "not checked yet":
+            log.warning("database answers again")
+            self._renew_pool()
         self.db_error = None
         return True
+
+    def _renew_pool(self) -> None:
+        """After an outage: the pooled connections are dead and the pool may be waiting
+        out its reconnection backoff, so requests would still time out. Check them now
+        (the broken ones are replaced) before requests are let through again."""
+        pool = self._pool
+        if pool is None:
+            return
+        try:
+            pool.check()  # type: ignore[attr-defined]
+        except Exception as exc:  # the next health check decides; requests still answer 503
+            log.warning("pool check after the outage failed: %s", _first_line(exc))
 
     def refresh(self) -> FeatureSnapshot:
         """Rebuild the snapshot now (on the health connection, outside any request)."""
         if self._health is None:
-            raise DatabaseUnavailable(f"database unavailable: {self.db_error}")
+            raise DatabaseUnavailable(DATABASE_UNAVAILABLE)
         moment = self.clock()
         with self._health.transaction():
             snapshot = build_snapshot(self._health, moment)

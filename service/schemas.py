@@ -9,21 +9,32 @@ would fail the other callers' rows too."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from functools import lru_cache
+import re
+import threading
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
     model_validator,
 )
 
-from service.config import MAX_BATCH_SIZE, MAX_RANK_CANDIDATES, MAX_TEXT_LENGTH
+from service.config import (
+    MAX_BATCH_SIZE,
+    MAX_RANK_CANDIDATES,
+    MAX_TEXT_LENGTH,
+    MAX_UTC_OFFSET,
+    MAX_YEAR,
+    MIN_YEAR,
+    SCHEDULED_START_FUTURE,
+    SCHEDULED_START_PAST,
+)
 
 
 def _printable(value: str) -> str:
@@ -34,6 +45,78 @@ def _printable(value: str) -> str:
         raise ValueError(f"must not contain control character {bad!r}")
     return value
 
+
+_ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _iso_text(value: Any) -> Any:
+    """A time is an ISO 8601 string (or a datetime, in-process): pydantic would also take
+    a bare number, or a string of digits, as seconds since 1970."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATETIME.match(value):
+        raise ValueError(
+            "must be an ISO 8601 date and time with a UTC offset, e.g. 2026-11-03T16:00:00-05:00"
+        )
+    return value
+
+
+def _sane_moment(value: datetime) -> datetime:
+    """Offsets of real zones (within ±14:00) and years the data can hold."""
+    offset = value.utcoffset()
+    if offset is not None and abs(offset) > MAX_UTC_OFFSET:
+        raise ValueError("UTC offset must lie within -14:00 ... +14:00")
+    if (
+        not MIN_YEAR <= value.year <= MAX_YEAR
+        or not MIN_YEAR <= value.astimezone(UTC).year <= MAX_YEAR
+    ):
+        raise ValueError(f"must lie within the years {MIN_YEAR} ... {MAX_YEAR}")
+    return value
+
+
+Moment = Annotated[
+    AwareDatetime,
+    BeforeValidator(_iso_text),
+    AfterValidator(_sane_moment),
+    Field(description="ISO 8601 with a UTC offset, e.g. 2026-11-03T16:00:00-05:00"),
+]
+"""A time a request carries: an ISO 8601 string with an offset within ±14:00, in the
+years MIN_YEAR ... MAX_YEAR."""
+
+
+def start_window_problem(start: datetime, now: datetime) -> str | None:
+    """Why `start` is no plausible upcoming session start as of `now` (else None)."""
+    if start < now - SCHEDULED_START_PAST:
+        return f"must not lie more than {_span(SCHEDULED_START_PAST)} in the past"
+    if start > now + SCHEDULED_START_FUTURE:
+        return f"must not lie more than {_span(SCHEDULED_START_FUTURE)} ahead"
+    return None
+
+
+def _span(delta: Any) -> str:
+    days = delta.days
+    return f"{days} day" + ("s" if days != 1 else "")
+
+
+def _serving_now() -> datetime | None:
+    """The serving worker's clock, or None outside a server (in-process use: callers
+    such as the tests then score sessions of any moment they choose)."""
+    reference = _reference()
+    now = getattr(reference, "now", None)
+    return now() if callable(now) else None
+
+
+def _upcoming(start: datetime) -> datetime:
+    now = _serving_now()
+    problem = start_window_problem(start, now) if now is not None else None
+    if problem:
+        raise ValueError(problem)
+    return start
+
+
+SessionStart = Annotated[Moment, AfterValidator(_upcoming)]
+"""`scheduled_start`: a Moment within the window around now that the server accepts
+(SCHEDULED_START_PAST ... SCHEDULED_START_FUTURE)."""
 
 Subject = Annotated[
     str,
@@ -59,6 +142,8 @@ class ReferenceCheck(Protocol):
 
     def check_student(self, student_id: str) -> str | None: ...
 
+    def now(self) -> datetime: ...
+
     def unknown_tutors(self, tutor_ids: set[str]) -> dict[str, str]: ...
 
     def unknown_students(self, student_ids: set[str]) -> dict[str, str]: ...
@@ -77,13 +162,23 @@ def _reference() -> ReferenceCheck | None:
     return getattr(service, "reference", None)
 
 
-@lru_cache(maxsize=512)
+_KNOWN_ZONES: set[str] = set()
+_ZONES_LOCK = threading.Lock()
+
+
 def _zone_exists(name: str) -> bool:
     """Known to the feature code's time-zone tables (imported on first use: the CLI
-    process that reads this module never pays for pandas)."""
+    process that reads this module never pays for pandas). Only zones found are
+    remembered (a few hundred at most), never the strings a caller makes up."""
+    if name in _KNOWN_ZONES:
+        return True
     from training.features import known_zone
 
-    return known_zone(name)
+    if not known_zone(name):
+        return False
+    with _ZONES_LOCK:
+        _KNOWN_ZONES.add(name)
+    return True
 
 
 class StudentContext(BaseModel):
@@ -92,9 +187,7 @@ class StudentContext(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     subject: Subject
-    scheduled_start: AwareDatetime = Field(
-        description="ISO 8601 with a UTC offset, e.g. 2026-11-03T16:00:00-05:00"
-    )
+    scheduled_start: SessionStart
     student_id: Identifier | None = None
     student_age: int | None = Field(default=None, ge=0, le=120)
     timezone: ZoneName | None = None
