@@ -153,7 +153,7 @@ def cmd_package(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     from service.packaging import serve_packaged
 
-    serve_packaged(settings, port=args.port)
+    serve_packaged(settings, port=args.port, host=args.host)
 
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> None:
@@ -234,6 +234,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve = sub.add_parser("serve", help="serve the packaged champion over HTTP")
     serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: this machine only; 0.0.0.0: every interface,"
+        " then set FSP_API_KEY)",
+    )
     serve.set_defaults(run=cmd_serve)
     score = sub.add_parser("score", help="score scheduled first sessions in (now, now+H]")
     _add_now(score)

@@ -1,28 +1,70 @@
-"""The seed's read endpoints (mounted under /api/first-session/) and GET /model.
+"""The seed's read endpoints (mounted under /api/first-session/), GET /model, and the
+OpenAPI 3.1 document of the whole service (`bento_openapi`).
 
 Each handler reaches the worker's service instance through
 `bentoml.get_current_service()` and calls its `RiskService`; expected failures
-become 4xx/503 with the reason, never a 500."""
+become 4xx/503 with the reason as JSON ({"error": reason}), never a 500. Every
+refusal the service sends is documented with its body: 400/422 (validation), 401
+(API key), 404 (unknown tutor), 413 (body too large), 415 (not JSON), 503
+(database unavailable)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
-from typing import Annotated, Any, TypeVar
+import copy
+import json
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Path, Query
+from fastapi import FastAPI, Path, Query
 from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, Field
 
-from service.config import LOOKAHEAD_HOURS_MAX, READ_DAYS_MAX
-from service.schemas import ModelInfo
+from service.config import LOOKAHEAD_HOURS_MAX, MAX_BATCH_SIZE, MAX_TEXT_LENGTH, READ_DAYS_MAX
+from service.schemas import (
+    ModelInfo,
+    Moment,
+    PredictionResponse,
+    RankRequest,
+    RankResponse,
+    SessionRequest,
+    _printable,
+)
 from training.errors import DatabaseUnavailable, FspError, UnknownTutor
 
-T = TypeVar("T")
+
+class ErrorBody(BaseModel):
+    """An expected refusal: the reason, in words."""
+
+    error: str = Field(description="what went wrong, e.g. 'database unavailable'")
+
+
+class ValidationErrorBody(BaseModel):
+    """A request the API refused (400): the problems, each at its field."""
+
+    error: str
+    detail: list[dict[str, Any]] = Field(
+        default_factory=list, description="pydantic's errors: `loc` names the field, `msg` why"
+    )
+
+
+def _response(description: str, model: type[BaseModel] = ErrorBody) -> dict[str, Any]:
+    return {"model": model, "description": description}
+
+
+UNAUTHORIZED = _response("FSP_API_KEY is set and no valid 'Authorization: Bearer <key>' came")
+TOO_LARGE = _response("the body is larger than the service accepts (MAX_BODY_BYTES)")
+UNAVAILABLE = _response("database unavailable (or the service is starting)")
+UNKNOWN = _response("no such tutor")
 
 Days = Annotated[int, Query(ge=1, le=READ_DAYS_MAX, description="window in days, up to now")]
 Now = Annotated[
-    datetime | None,
-    Query(description="ISO 8601 with offset; the moment to answer as of (default: the clock)"),
+    Moment | None,
+    Query(
+        description="ISO 8601 with a UTC offset, years 2000-2100; the moment to answer as"
+        " of (default: the clock)"
+    ),
+]
+TutorPath = Annotated[
+    str, Path(min_length=1, max_length=MAX_TEXT_LENGTH), AfterValidator(_printable)
 ]
 
 
@@ -47,32 +89,18 @@ def _service() -> Any:
     try:
         return bentoml.get_current_service()
     except BentoMLException as exc:
-        raise HTTPException(status_code=503, detail="service is starting") from exc
-
-
-def _call(work: Callable[[], T]) -> T:
-    try:
-        return work()
-    except FspError as exc:
-        raise HTTPException(status_code=status_of(exc), detail=str(exc)) from exc
-
-
-def _as_of(now: datetime | None) -> datetime | None:
-    if now is not None and now.tzinfo is None:
-        raise HTTPException(
-            status_code=422, detail=f"now: {now.isoformat()!r} has no UTC offset; add one"
-        )
-    return now
+        raise DatabaseUnavailable("service is starting") from exc
 
 
 read_app = FastAPI(
     title="First-session risk: read endpoints",
     description="Stored predictions, outcomes and evaluations (the seed's operations views).",
+    responses={401: UNAUTHORIZED, 413: TOO_LARGE, 503: UNAVAILABLE},
 )
 
 
 @read_app.exception_handler(FspError)
-async def _expected(_, exc: FspError) -> JSONResponse:  # pragma: no cover - safety net
+async def _expected(_, exc: FspError) -> JSONResponse:
     return error_response(exc)
 
 
@@ -82,39 +110,138 @@ def predict_upcoming(
     now: Now = None,
 ) -> dict[str, Any]:
     """Score the scheduled first sessions starting in (now, now + lookahead_hours]."""
-    logic = _service().logic
-    return _call(lambda: logic.upcoming(_as_of(now), lookahead_hours))
+    return _service().logic.upcoming(now, lookahead_hours)
 
 
-@read_app.get("/history/{tutor_id}")
-def tutor_history(
-    tutor_id: Annotated[str, Path(min_length=1, max_length=128)],
-    days: Days = 30,
-    now: Now = None,
-) -> dict[str, Any]:
+@read_app.get("/history/{tutor_id}", responses={404: UNKNOWN})
+def tutor_history(tutor_id: TutorPath, days: Days = 30, now: Now = None) -> dict[str, Any]:
     """The tutor's current features and first-session predictions of the last `days` days."""
-    logic = _service().logic
-    return _call(lambda: logic.tutor_history(tutor_id, days, _as_of(now)))
+    return _service().logic.tutor_history(tutor_id, days, now)
 
 
 @read_app.get("/analytics/model-performance")
 def model_performance(days: Days = 30, now: Now = None) -> dict[str, Any]:
     """Evaluations written by the monitoring flow (fsp.model_performance_logs)."""
-    logic = _service().logic
-    return _call(lambda: logic.model_performance(days, _as_of(now)))
+    return _service().logic.model_performance(days, now)
 
 
 @read_app.get("/analytics/summary")
 def summary(days: Days = 30, now: Now = None) -> dict[str, Any]:
     """Total predictions, high-risk rate, alert rate and accuracy of the last `days` days."""
-    logic = _service().logic
-    return _call(lambda: logic.summary(days, _as_of(now)))
+    return _service().logic.summary(days, now)
 
 
-meta_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+meta_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, responses={401: UNAUTHORIZED})
+
+
+@meta_app.exception_handler(FspError)
+async def _expected_meta(_, exc: FspError) -> JSONResponse:
+    return error_response(exc)
 
 
 @meta_app.get("/model")
 def model_info() -> ModelInfo:
     """Which MLflow version this server serves, and whether it is ready."""
     return _service().model_info()
+
+
+# -- the service's OpenAPI document ------------------------------------------------------
+
+_REF = "#/components/schemas/{model}"
+_ENDPOINTS: dict[str, tuple[type[BaseModel], type[BaseModel], bool]] = {
+    "/predict": (SessionRequest, PredictionResponse, False),
+    "/predict_batch": (SessionRequest, PredictionResponse, True),
+    "/rank_tutors": (RankRequest, RankResponse, False),
+}
+"""BentoML endpoint: (request model, answer model, as a list of them)."""
+
+
+def _json(model_ref: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": model_ref}}}
+
+
+def _refused(name: str, description: str) -> dict[str, Any]:
+    return _json({"$ref": _REF.format(model=name)}, description)
+
+
+def bento_openapi(spec: dict[str, Any]) -> dict[str, Any]:
+    """BentoML's document of the service (`Service.openapi_spec.asdict()`), corrected:
+
+    - an OpenAPI 3.1 document, as the mounted FastAPI apps' are (BentoML labels it
+      3.0.2 while it holds their 3.1 schemas: `exclusiveMinimum: 0`, `type: null`);
+    - the BentoML endpoints' bodies are the pydantic models' own schemas (BentoML's
+      flattening documents an optional field as a string with a null default);
+    - every refusal the service sends, with its body (400, 401, 413, 415, 503; no
+      500: nothing is a 500 for a client's mistake), and 401 on everything but
+      /livez and /readyz;
+    - the components nothing refers to any more are dropped."""
+    from pydantic.json_schema import models_json_schema
+
+    doc = copy.deepcopy(spec)
+    doc["openapi"] = "3.1.0"
+    models: list[type[BaseModel]] = [
+        SessionRequest,
+        PredictionResponse,
+        RankRequest,
+        RankResponse,
+        ErrorBody,
+        ValidationErrorBody,
+    ]
+    refs, defs = models_json_schema(
+        [
+            (m, "validation" if m in (SessionRequest, RankRequest) else "serialization")
+            for m in models
+        ],
+        ref_template=_REF,
+    )
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(defs.get("$defs", {}))
+    for route, (request, answer, many) in _ENDPOINTS.items():
+        operation = doc["paths"][route]["post"]
+        body = refs[(request, "validation")]
+        out = refs[(answer, "serialization")]
+        if many:
+            body = {"type": "array", "items": body, "minItems": 1, "maxItems": MAX_BATCH_SIZE}
+            out = {"type": "array", "items": out}
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body}},
+        }
+        operation["responses"] = {
+            "200": _json(out, "the risk, its reasons and the model version"),
+            "400": _refused("ValidationErrorBody", "a field is missing or wrong (named in detail)"),
+            "401": _refused("ErrorBody", UNAUTHORIZED["description"]),
+            "413": _refused("ErrorBody", TOO_LARGE["description"]),
+            "415": _refused("ErrorBody", "the body is a form, not application/json"),
+            "503": _refused("ErrorBody", UNAVAILABLE["description"]),
+        }
+    for route, item in doc["paths"].items():
+        for operation in item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            responses.pop("500", None)
+            if route not in ("/livez", "/readyz"):
+                responses.setdefault("401", _refused("ErrorBody", UNAUTHORIZED["description"]))
+    doc["paths"]["/readyz"]["get"]["responses"]["503"] = {
+        "description": "not ready, and why (plain text)",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    _drop_unreferenced(doc)
+    return doc
+
+
+def _drop_unreferenced(doc: dict[str, Any]) -> None:
+    """Remove the component schemas no path (nor a kept schema) refers to."""
+    schemas = doc.get("components", {}).get("schemas", {})
+    prefix = _REF.format(model="")
+    kept: set[str] = set()
+    texts = [json.dumps(doc["paths"])]
+    while texts:
+        text = texts.pop()
+        for name in schemas:
+            if name not in kept and f'"{prefix}{name}"' in text:
+                kept.add(name)
+                texts.append(json.dumps(schemas[name]))
+    for name in [n for n in schemas if n not in kept]:
+        del schemas[name]

@@ -263,14 +263,42 @@ def serving_env(settings: Settings, home: Path) -> dict[str, str]:
     return env
 
 
-def serve_packaged(settings: Settings, port: int, host: str | None = None) -> None:
-    """Serve the latest Bento in the foreground (`bentoml serve TAG --port P`); this
-    process becomes the server, so Ctrl-C and signals reach it directly."""
+DEFAULT_HOST = "127.0.0.1"
+"""Where `fsp serve` listens unless told otherwise: this machine only."""
+
+
+def serve_command(tag: str, port: int, host: str = DEFAULT_HOST) -> list[str]:
+    """The `bentoml serve` command line of a Bento on host:port."""
+    return [_bentoml_cli(), "serve", tag, "--port", str(port), "--host", host]
+
+
+def exposure_warning(settings: Settings, host: str) -> str | None:
+    """A warning when the API would be reachable from other machines without a key."""
+    import ipaddress
+
+    if settings.api_keys:
+        return None
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    return (
+        f"fsp serve: warning: listening on {host} without FSP_API_KEY: anyone who can reach"
+        " it can read predictions and store new ones"
+    )
+
+
+def serve_packaged(settings: Settings, port: int, host: str = DEFAULT_HOST) -> None:
+    """Serve the latest Bento in the foreground (`bentoml serve TAG --port P --host H`);
+    this process becomes the server, so Ctrl-C and signals reach it directly."""
     home = bentoml_home(settings)
     tag = latest_bento(home)
-    command = [_bentoml_cli(), "serve", tag, "--port", str(port)]
-    if host:
-        command += ["--host", host]
+    command = serve_command(tag, port, host)
+    warning = exposure_warning(settings, host)
+    if warning:
+        print(warning, file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(command[0], command, serving_env(settings, home))
