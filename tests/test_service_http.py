@@ -1,7 +1,11 @@
-"""HTTP tests against a real `fsp serve` of the Bento built by `fsp package`."""
+"""HTTP tests against a real `fsp serve` of the Bento built by `fsp package`.
+
+The server runs as a deployment would: with FSP_API_KEY set (two keys), on the
+default host (loopback), its database behind a proxy the tests can cut."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,11 +23,15 @@ import pytest
 from conftest import DEMO_NOW, create_database, drop_database, seed_demo
 from service_fixtures import READY_TIMEOUT_S, DbProxy, free_port, wait_until
 
-from service.config import MAX_BATCH_SIZE
+from service.config import MAX_BATCH_SIZE, MAX_BODY_BYTES
 from training.features import build_model_input, load_history
 from training.settings import PROJECT_ROOT, get_settings
 
 pytestmark = pytest.mark.services
+
+API_KEYS = ("first-key-6f1c2e9a", "second-key-0b7d4c31")
+"""FSP_API_KEY of the served Bento: either key is accepted."""
+AUTH = {"Authorization": f"Bearer {API_KEYS[1]}"}
 
 
 @pytest.fixture(scope="session")
@@ -66,15 +74,17 @@ def served(bento_built: dict, service_db: str) -> Iterator[dict]:
     world = bento_built["world"]
     port = free_port()
     env = dict(os.environ)
+    env.pop("BENTOML_HOST", None)  # `fsp serve` chooses the host: loopback by default
     env.update(
         BENTOML_HOME=str(bento_built["home"]),
-        BENTOML_HOST="127.0.0.1",
         BENTOML_DO_NOT_TRACK="True",
         DATABASE_URL=proxy.url,
         FSP_STATE_DIR=str(world["state_dir"]),
         MLFLOW_TRACKING_URI=f"sqlite:///{world['state_dir'] / 'mlflow.db'}",
+        FSP_API_KEY=" , ".join(API_KEYS),
     )
-    log = open(world["state_dir"] / f"serve-{port}.log", "w")  # noqa: SIM115
+    log_path = world["state_dir"] / f"serve-{port}.log"
+    log = open(log_path, "w")  # noqa: SIM115
     started = time.monotonic()
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "fsp"), "serve", "--port", str(port)],
@@ -100,6 +110,8 @@ def served(bento_built: dict, service_db: str) -> Iterator[dict]:
             "database_url": service_db,
             "ready_seconds": time.monotonic() - started,
             "built": bento_built,
+            "port": port,
+            "log": log_path,
         }
     finally:
         try:
@@ -118,8 +130,40 @@ def _first(url: str, sql: str):
 
 @pytest.fixture(scope="module")
 def client(served: dict):
+    """A client holding one of the API keys."""
+    with httpx.Client(base_url=served["base_url"], timeout=30, headers=AUTH) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def anonymous(served: dict):
+    """A client without a key."""
     with httpx.Client(base_url=served["base_url"], timeout=30) as c:
         yield c
+
+
+def platform_session(url: str, session_id: str, tutor_id: str, student_id: str, **extra) -> dict:
+    """A scheduled first session the platform holds (the API stores predictions only
+    for those); returns the /predict body of it, by student record."""
+    start = extra.pop("start", None) or (datetime.now(UTC) + timedelta(days=3)).replace(
+        microsecond=0
+    )
+    subject = extra.pop("subject", "algebra")
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO platform.sessions (session_id, tutor_id, student_id, subject,"
+            " scheduled_start, duration_minutes, status, is_first_session, created_at)"
+            " VALUES (%s, %s, %s, %s, %s, 60, 'scheduled', true, now())",
+            (session_id, tutor_id, student_id, subject, start),
+        )
+    return {
+        "session_id": session_id,
+        "tutor_id": tutor_id,
+        "student_id": student_id,
+        "subject": subject,
+        "scheduled_start": start.isoformat(),
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -222,15 +266,16 @@ def test_predict_matches_shared_features_and_model(
 
 
 def test_predict_with_student_id_is_stored(client: httpx.Client, served: dict, known: dict) -> None:
-    body = _session(known, session_id="HTTP-TEST-1", student_id=known["student"])
-    body.pop("student_age")
-    body.pop("timezone")
+    """A prediction is stored for a scheduled first session the platform holds, once:
+    never over an existing one, never for a session the platform does not hold."""
+    url = served["database_url"]
+    body = platform_session(url, "HTTP-TEST-1", known["tutors"][0], known["student"])
     first = client.post("/predict", json=body).json()
     assert first["prediction_id"]
     again = client.post("/predict", json=body).json()
-    assert again["prediction_id"] == first["prediction_id"]  # upsert, not a second row
+    assert again["prediction_id"] is None  # not stored over the first one
     row = _first(
-        served["database_url"],
+        url,
         "SELECT risk_probability, model_version, tutor_id, student_id, prediction_id::text"
         " FROM fsp.first_session_predictions WHERE session_id = 'HTTP-TEST-1'",
     )
@@ -241,6 +286,14 @@ def test_predict_with_student_id_is_stored(client: httpx.Client, served: dict, k
         known["student"],
         first["prediction_id"],
     )
+    made_up = client.post("/predict", json={**body, "session_id": "HTTP-NOT-ON-PLATFORM"})
+    assert made_up.status_code == 200 and made_up.json()["prediction_id"] is None
+    stored = _first(
+        url,
+        "SELECT count(*) FROM fsp.first_session_predictions WHERE session_id"
+        " = 'HTTP-NOT-ON-PLATFORM'",
+    )
+    assert stored == (0,)
 
 
 def test_batch_answers_in_order(client: httpx.Client, known: dict) -> None:
@@ -266,14 +319,15 @@ def test_batch_answers_in_order(client: httpx.Client, known: dict) -> None:
 
 
 def test_batch_stores_predictions(client: httpx.Client, served: dict, known: dict) -> None:
+    url = served["database_url"]
     bodies = [
-        _session(known, tutor_id=t, session_id=f"HTTP-BATCH-{i}")
+        platform_session(url, f"HTTP-BATCH-{i}", t, known["student"])
         for i, t in enumerate(known["tutors"][:3])
     ]
     answers = client.post("/predict_batch", json=bodies).json()
     assert all(a["prediction_id"] for a in answers)
     count = _first(
-        served["database_url"],
+        url,
         "SELECT count(*) FROM fsp.first_session_predictions WHERE session_id LIKE 'HTTP-BATCH-%'",
     )[0]
     assert count == 3
@@ -386,7 +440,10 @@ def test_read_endpoints(client: httpx.Client, served: dict, known: dict) -> None
     assert all(DEMO_NOW < s <= DEMO_NOW + timedelta(hours=48) for s in starts)
     assert {"risk_probability", "risk_level", "top_risk_factors"} <= set(data["predictions"][0])
 
-    client.post("/predict", json=_session(known, session_id="HTTP-HISTORY-1"))
+    history_body = platform_session(
+        served["database_url"], "HTTP-HISTORY-1", known["tutors"][0], known["student"]
+    )
+    assert client.post("/predict", json=history_body).json()["prediction_id"]
     history = client.get(f"{api}/history/{known['tutors'][0]}", params={"days": 7}).json()
     assert "HTTP-HISTORY-1" in [p["session_id"] for p in history["predictions"]]
     assert history["features"]["session_count"] >= 0
@@ -416,21 +473,346 @@ def test_read_endpoints(client: httpx.Client, served: dict, known: dict) -> None
     assert client.get(f"{api}/predict-upcoming", params={"lookahead_hours": -1}).status_code == 422
 
 
+ANONYMOUS_REFUSED = [
+    ("POST", "/predict"),
+    ("POST", "/predict_batch"),
+    ("POST", "/rank_tutors"),
+    ("GET", "/model"),
+    ("GET", "/metrics"),
+    ("GET", "/docs.json"),
+    ("GET", "/healthz"),
+    ("GET", "/"),
+    ("GET", "/api/first-session/analytics/summary"),
+    ("GET", "/api/first-session/history/T00001"),
+    ("GET", "/api/first-session/predict-upcoming"),
+    ("GET", "/api/first-session/openapi.json"),
+    ("GET", "/api/first-session/docs"),
+    ("GET", "/no/such/endpoint"),
+]
+
+
+def test_api_key_required_everywhere_but_livez_and_readyz(
+    anonymous: httpx.Client, served: dict, known: dict
+) -> None:
+    """FSP_API_KEY set: every endpoint but /livez and /readyz answers 401 with a JSON
+    message without one of the keys (either key works); nothing is stored."""
+    assert anonymous.get("/livez").status_code == 200
+    assert anonymous.get("/readyz").status_code == 200
+    wrong = [
+        {},
+        {"Authorization": "Bearer not-a-key"},
+        {"Authorization": f"Bearer {API_KEYS[0]}x"},
+        {"Authorization": f"Basic {API_KEYS[0]}"},
+        {"Authorization": API_KEYS[0]},
+        {"X-API-Key": API_KEYS[0]},
+    ]
+    for method, path in ANONYMOUS_REFUSED:
+        for headers in wrong:
+            response = anonymous.request(method, path, headers=headers, json=_session(known))
+            assert response.status_code == 401, (method, path, headers, response.text)
+            assert "Authorization: Bearer" in response.json()["error"]
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert all(key not in response.text for key in API_KEYS)
+    for key in API_KEYS:  # each key, and the scheme in any case
+        for scheme in ("Bearer", "bearer"):
+            headers = {"Authorization": f"{scheme} {key}"}
+            assert anonymous.get("/model", headers=headers).status_code == 200
+    body = _session(known, session_id="HTTP-ANONYMOUS")
+    assert anonymous.post("/predict", json=body).status_code == 401
+    stored = _first(
+        served["database_url"],
+        "SELECT count(*) FROM fsp.first_session_predictions WHERE session_id = 'HTTP-ANONYMOUS'",
+    )
+    assert stored == (0,)
+
+
+def test_serves_on_loopback_by_default(served: dict) -> None:
+    """`fsp serve` without --host listens on 127.0.0.1 only (not every interface)."""
+    listening = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, port = local.split(":")
+        if state == "0A" and int(port, 16) == served["port"]:  # 0A: LISTEN
+            listening.add(address)
+    assert listening == {"0100007F"}  # 127.0.0.1, little-endian hex
+
+
+def _errors_of(response: httpx.Response) -> str:
+    assert 400 <= response.status_code < 500, response.text
+    return response.text
+
+
+def test_scheduled_start_bounded(client: httpx.Client, served: dict, known: dict) -> None:
+    """A start is an ISO 8601 string with an offset within ±14:00, no further than a day
+    in the past nor a year ahead; a bare number is no time. Nothing out of bounds is
+    stored, on /predict, /predict_batch and /rank_tutors."""
+    now = datetime.now(UTC)
+    bad_starts = [
+        1700000000,
+        "1700000000",
+        1.5,
+        True,
+        "0001-01-01T00:00:00+00:00",
+        "9999-12-31T23:59:59-12:00",
+        (now + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S+15:30"),
+        (now + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S-14:30"),
+        (now - timedelta(days=3)).isoformat(),
+        (now + timedelta(days=400)).isoformat(),
+        "tomorrow",
+    ]
+    for i, start in enumerate(bad_starts):
+        body = _session(known, scheduled_start=start, session_id=f"HTTP-BAD-START-{i}")
+        assert "scheduled_start" in _errors_of(client.post("/predict", json=body)), start
+        batch = client.post("/predict_batch", json=[_session(known), body])
+        assert '"loc":[1,"scheduled_start"]' in _errors_of(batch), start
+        rank = {k: v for k, v in body.items() if k not in ("tutor_id", "session_id")}
+        rank["tutor_ids"] = known["tutors"][:2]
+        assert "scheduled_start" in _errors_of(client.post("/rank_tutors", json=rank)), start
+    stored = _first(
+        served["database_url"],
+        "SELECT count(*) FROM fsp.first_session_predictions WHERE session_id LIKE 'HTTP-BAD-%'",
+    )
+    assert stored == (0,)
+    edge = _session(known, scheduled_start=(now + timedelta(hours=-12)).isoformat())
+    assert client.post("/predict", json=edge).status_code == 200  # a session that just began
+    east = (now + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S+14:00")
+    assert client.post("/predict", json=_session(known, scheduled_start=east)).status_code == 200
+
+
+def test_read_endpoints_bound_now_and_path(client: httpx.Client) -> None:
+    """`now` is an ISO 8601 time with an offset in the years 2000-2100 (year 1 or 9999
+    once answered 500); a path or id with a control character is refused (a NUL once
+    answered 500)."""
+    api = "/api/first-session"
+    endpoints = (
+        f"{api}/predict-upcoming",
+        f"{api}/history/T00001",
+        f"{api}/analytics/summary",
+        f"{api}/analytics/model-performance",
+    )
+    bad_nows = (
+        "0001-01-01T00:00:00+00:00",
+        "0001-01-01T00:00:00-12:00",
+        "9999-12-31T23:59:59-12:00",
+        "1999-12-31T12:00:00+00:00",
+        "2101-01-01T00:00:00+00:00",
+        "2026-11-01T12:00:00+15:00",
+        "1700000000",
+        "2026-11-01T12:00:00",
+    )
+    for endpoint in endpoints:
+        for now in bad_nows:
+            response = client.get(endpoint, params={"now": now})
+            assert response.status_code == 422, (endpoint, now, response.text)
+            assert response.json()["detail"][0]["loc"] == ["query", "now"]
+        ok = client.get(endpoint, params={"now": "2026-11-01T12:00:00-05:00"})
+        assert ok.status_code in (200, 404), ok.text
+    for tutor in ("T%00x", "T%0Ax", "T%0Dx", "T%1Bx", "T%7Fx"):
+        response = client.get(f"{api}/history/{tutor}")
+        assert response.status_code in (404, 422), response.text  # no such route, or refused
+        assert response.json()["error" if response.status_code == 404 else "detail"]
+
+
+def test_control_characters_in_ids_refused(client: httpx.Client, known: dict) -> None:
+    for field in ("student_id", "session_id", "tutor_id", "subject"):
+        for bad in ("a\x00b", "a\nb", "a\rb", "a\x1bb"):
+            body = _session(known, **{field: bad})
+            assert field in _errors_of(client.post("/predict", json=body))
+            assert field in _errors_of(client.post("/predict_batch", json=[body]))
+
+
+def test_bodies_bounded_and_json_only(client: httpx.Client, known: dict) -> None:
+    """A body over MAX_BODY_BYTES answers 413 (declared or streamed without a length);
+    a form (multipart, with or without a boundary) answers 415: JSON messages, never a
+    500, on every POST endpoint."""
+    big = b"[" + b" " * (MAX_BODY_BYTES + 10) + b"]"
+    for path in ("/predict", "/predict_batch", "/rank_tutors"):
+        declared = client.post(path, content=big, headers={"content-type": "application/json"})
+        assert declared.status_code == 413 and "larger than" in declared.json()["error"]
+
+        def chunks():
+            for _ in range(MAX_BODY_BYTES // 65536 + 2):
+                yield b" " * 65536
+
+        streamed = client.post(path, content=chunks(), headers={"content-type": "application/json"})
+        assert streamed.status_code == 413 and "larger than" in streamed.json()["error"]
+        for content_type in (
+            "multipart/form-data",
+            "multipart/form-data; boundary=xyz",
+            "application/x-www-form-urlencoded",
+        ):
+            form = client.post(path, content=b"--xyz\r\n", headers={"content-type": content_type})
+            assert form.status_code == 415, (path, content_type, form.text)
+            assert "application/json" in form.json()["error"]
+    within = [_session(known)] * MAX_BATCH_SIZE  # a full batch is far below the limit
+    assert client.post("/predict_batch", json=within).status_code == 200
+
+
+def test_metrics_label_only_known_routes(client: httpx.Client, known: dict) -> None:
+    """Every path no route serves shares one `endpoint` label ("other"), every tutor of
+    /history/{tutor_id} the route's template: 300 distinct paths add no series."""
+    api = "/api/first-session"
+    client.get(f"{api}/history/{known['tutors'][0]}")
+    before = client.get("/metrics").text
+    for i in range(200):
+        response = client.get(f"/scan-{i}/x{i}")
+        assert response.status_code == 404 and response.json()["error"]
+    for i in range(100):
+        assert client.get(f"{api}/history/NO-SUCH-TUTOR-{i}").status_code == 404
+    after = client.get("/metrics").text
+    assert "scan-" not in after and "NO-SUCH-TUTOR" not in after
+    assert 'endpoint="other"' in after
+    assert f'endpoint="{api}/history/{{tutor_id}}"' in after
+    series = lambda text: {  # noqa: E731
+        line.rsplit(" ", 1)[0] for line in text.splitlines() if not line.startswith("#")
+    }
+    assert len(series(after) - series(before)) < 60  # one 404 family per label, not per path
+
+
+def test_expected_refusals_log_one_line(client: httpx.Client, served: dict, known: dict) -> None:
+    """A 400 is logged as one line (status, method, path, the error count), without a
+    traceback and without the input."""
+    marker = "NEEDLE-IN-THE-INPUT"
+    for _ in range(3):
+        client.post("/predict", json=_session(known, student_age="x", subject=marker * 2))
+        client.post("/predict_batch", json=[_session(known, tutor_id=marker)])
+        client.post("/rank_tutors", json={"tutor_ids": [marker]})
+    time.sleep(0.5)
+    log = served["log"].read_text()
+    assert "Traceback" not in log
+    assert marker not in log
+    assert "400 POST /predict: " in log and "400 POST /predict_batch: " in log
+    assert all(key not in log for key in API_KEYS)
+
+
+def test_openapi_documents_are_valid(client: httpx.Client, anonymous: httpx.Client) -> None:
+    """Both documents (the Bento's /docs.json and the mounted FastAPI app's) are valid
+    OpenAPI 3.1 and document the refusals really sent, with their bodies."""
+    from openapi_spec_validator import validate
+
+    bento = client.get("/docs.json").json()
+    mounted = client.get("/api/first-session/openapi.json").json()
+    for document in (bento, mounted):
+        assert document["openapi"].startswith("3.1")
+        validate(document)
+    paths = bento["paths"]
+    for route in ("/predict", "/predict_batch", "/rank_tutors"):
+        responses = paths[route]["post"]["responses"]
+        assert {"200", "400", "401", "413", "415", "503"} <= set(responses)
+        assert "500" not in responses
+    history = paths["/api/first-session/history/{tutor_id}"]["get"]["responses"]
+    assert {"200", "401", "404", "422", "503"} <= set(history)
+    assert set(mounted["paths"]["/history/{tutor_id}"]["get"]["responses"]) == set(history)
+    assert "401" in paths["/model"]["get"]["responses"]
+    assert "401" not in paths["/livez"]["get"]["responses"]
+    # the bodies documented are the bodies sent
+    error_body = bento["components"]["schemas"]["ErrorBody"]
+    assert error_body["required"] == ["error"]
+    for response in (
+        anonymous.get("/model"),
+        client.get("/api/first-session/history/NO-SUCH-TUTOR"),
+        client.post("/predict", content=b"x" * (MAX_BODY_BYTES + 1)),
+    ):
+        assert set(response.json()) == {"error"}, response.text
+    invalid = client.post("/predict", json={"tutor_id": "T00001"}).json()
+    assert set(invalid) == {"error", "detail"} and invalid["detail"][0]["loc"]
+
+
+def test_predict_does_not_echo_student_records(
+    client: httpx.Client, served: dict, known: dict
+) -> None:
+    """Scored by student record (student_id), an answer names no reason computed from
+    it (age, local time): the caller learns the risk, not the student's age or zone. The
+    same session with the age and zone given by the caller may show them."""
+    personal = {"student_age", "local_hour", "local_dow"}
+    shown_when_given = 0
+    with psycopg.connect(served["database_url"]) as conn:
+        students = conn.execute(
+            "SELECT student_id, timezone, birth_date FROM platform.students ORDER BY 1 LIMIT 8"
+        ).fetchall()
+    for student, zone, birth in students:
+        for tutor in known["tutors"]:
+            start = known["start"]
+            by_record = _session(known, tutor_id=tutor, student_id=student)
+            by_record.pop("student_age")
+            by_record.pop("timezone")
+            age = start.year - birth.year - ((start.month, start.day) < (birth.month, birth.day))
+            given = _session(known, tutor_id=tutor, student_age=age, timezone=zone)
+            record_answer = client.post("/predict", json=by_record).json()
+            given_answer = client.post("/predict", json=given).json()
+            batch = client.post("/predict_batch", json=[by_record, given]).json()
+            assert not personal & {f["feature"] for f in record_answer["top_risk_factors"]}
+            assert not personal & {f["feature"] for f in batch[0]["top_risk_factors"]}
+            assert batch[0]["top_risk_factors"] == record_answer["top_risk_factors"]
+            assert record_answer["risk_probability"] == pytest.approx(
+                given_answer["risk_probability"], abs=1e-9
+            )
+            shown_when_given += bool(
+                personal & {f["feature"] for f in given_answer["top_risk_factors"]}
+            )
+        rank = client.post(
+            "/rank_tutors",
+            json={
+                "tutor_ids": known["tutors"],
+                "subject": "algebra",
+                "scheduled_start": known["start"].isoformat(),
+                "student_id": student,
+            },
+        ).json()
+        for candidate in rank["candidates"]:
+            assert not personal & {f["feature"] for f in candidate["top_risk_factors"]}
+    assert shown_when_given > 0  # the check above is not vacuous
+    unknown = client.post(
+        "/predict",
+        json={
+            **_session(known, student_id="NO-SUCH-STUDENT"),
+            "student_age": None,
+            "timezone": None,
+        },
+    )
+    assert unknown.status_code == 400 and "unknown student_id" in unknown.text
+
+
 def test_database_down_then_back(client: httpx.Client, served: dict, known: dict) -> None:
-    """Runs last in this module: cuts the database, then restores it."""
+    """Runs last in this module: cuts the database, then restores it. The first request
+    after the cut answers 503 within a second; every 503 says "database unavailable"
+    and nothing of where it is; every request after recovery answers."""
+    from psycopg.conninfo import conninfo_to_dict
+
     proxy = served["proxy"]
+    dbname = conninfo_to_dict(served["database_url"])["dbname"]
+    summary = "/api/first-session/analytics/summary"
+    for _ in range(6):  # both workers' pools hold connections
+        assert client.get(summary).status_code == 200
     proxy.stop()
     try:
+        started = time.monotonic()
+        first = client.get(summary)
+        took = time.monotonic() - started
+        assert first.status_code == 503 and took < 1.0, (first.status_code, took)
+        assert first.json() == {"error": "database unavailable"}
         assert wait_until(lambda: client.get("/readyz").status_code == 503, 20)
-        assert "database" in client.get("/readyz").text
+        ready = client.get("/readyz").text
+        assert "database unavailable" in ready
         down = client.post("/predict", json=_session(known))
-        assert down.status_code == 503 and "database" in down.json()["error"]
-        assert client.post("/predict_batch", json=[_session(known)]).status_code == 503
-        assert client.get("/api/first-session/analytics/summary").status_code == 503
-        assert client.get("/model").json()["ready"] is False
+        assert down.status_code == 503 and down.json() == {"error": "database unavailable"}
+        batch = client.post("/predict_batch", json=[_session(known)])
+        assert batch.status_code == 503
+        assert client.get(summary).status_code == 503
+        model = client.get("/model").json()
+        assert model["ready"] is False and model["not_ready_reason"] == "database unavailable"
+        for text in (ready, down.text, batch.text, first.text, json.dumps(model)):
+            assert str(proxy.port) not in text and dbname not in text, text
+            assert "127.0.0.1" not in text and "connection" not in text.lower(), text
     finally:
         proxy.start()
     assert wait_until(lambda: client.get("/readyz").status_code == 200, 30)
-    back = client.post("/predict", json=_session(known, session_id="HTTP-AFTER-OUTAGE"))
+    time.sleep(1.5)  # each worker's health check has run since (DB_CHECK_SECONDS)
+    for _ in range(10):
+        assert client.get(summary).status_code == 200
+    body = platform_session(
+        served["database_url"], "HTTP-AFTER-OUTAGE", known["tutors"][1], known["student"]
+    )
+    back = client.post("/predict", json=body)
     assert back.status_code == 200 and back.json()["prediction_id"]
     assert np.isfinite(back.json()["risk_probability"])
