@@ -718,6 +718,55 @@ def test_openapi_documents_are_valid(client: httpx.Client, anonymous: httpx.Clie
     assert set(invalid) == {"error", "detail"} and invalid["detail"][0]["loc"]
 
 
+def _conforms(document: dict, path: str, method: str, response: httpx.Response) -> None:
+    """The response's body is valid against the schema the document gives its status."""
+    from jsonschema import Draft202012Validator
+
+    documented = document["paths"][path][method]["responses"][str(response.status_code)]
+    schema = documented["content"]["application/json"]["schema"]
+    root = {**schema, "components": document["components"]}
+    errors = list(Draft202012Validator(root).iter_errors(response.json()))
+    assert not errors, (path, response.status_code, errors[0].message)
+
+
+def test_bodies_sent_are_the_bodies_documented(
+    client: httpx.Client, anonymous: httpx.Client, known: dict
+) -> None:
+    """Each answer, success or refusal, is valid against the schema /docs.json gives it."""
+    doc = client.get("/docs.json").json()
+    api = "/api/first-session"
+    rank = {
+        "tutor_ids": known["tutors"][:3],
+        "subject": "algebra",
+        "scheduled_start": known["start"].isoformat(),
+        "student_id": known["student"],
+    }
+    cases = [
+        ("/predict", "post", client.post("/predict", json=_session(known))),
+        ("/predict", "post", client.post("/predict", json=_session(known, session_id="HTTP-X"))),
+        ("/predict", "post", client.post("/predict", json=_session(known, tutor_id="NOPE"))),
+        ("/predict", "post", anonymous.post("/predict", json=_session(known))),
+        ("/predict", "post", client.post("/predict", content=b" " * (MAX_BODY_BYTES + 1))),
+        ("/predict", "post", client.post("/predict", files={"f": b"x"})),
+        ("/predict_batch", "post", client.post("/predict_batch", json=[_session(known)] * 3)),
+        ("/predict_batch", "post", client.post("/predict_batch", json=[])),
+        ("/rank_tutors", "post", client.post("/rank_tutors", json=rank)),
+        ("/rank_tutors", "post", client.post("/rank_tutors", json={**rank, "tutor_ids": []})),
+        ("/model", "get", client.get("/model")),
+        ("/model", "get", anonymous.get("/model")),
+        (f"{api}/history/{{tutor_id}}", "get", client.get(f"{api}/history/NO-SUCH-TUTOR")),
+        (f"{api}/history/{{tutor_id}}", "get", client.get(f"{api}/history/{known['tutors'][0]}")),
+        (f"{api}/analytics/summary", "get", client.get(f"{api}/analytics/summary?days=0")),
+        (f"{api}/analytics/summary", "get", client.get(f"{api}/analytics/summary?now=1")),
+        (f"{api}/analytics/summary", "get", anonymous.get(f"{api}/analytics/summary")),
+    ]
+    statuses = set()
+    for path, method, response in cases:
+        statuses.add(response.status_code)
+        _conforms(doc, path, method, response)
+    assert {200, 400, 401, 404, 413, 415, 422} <= statuses
+
+
 def test_predict_does_not_echo_student_records(
     client: httpx.Client, served: dict, known: dict
 ) -> None:
