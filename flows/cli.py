@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flows.common import parse_moment
+from training.constants import MONITOR_WINDOW_DAYS
 from training.errors import FspError, InvalidInput
 from training.settings import Settings, get_settings
 
@@ -253,7 +254,7 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.set_defaults(run=cmd_reconcile)
     monitor = sub.add_parser("monitor", help="performance log, drift report, retrain if warranted")
     _add_now(monitor)
-    monitor.add_argument("--window-days", type=int, default=30)
+    monitor.add_argument("--window-days", type=int, default=MONITOR_WINDOW_DAYS)
     monitor.set_defaults(run=cmd_monitor)
     sub.add_parser(
         "demo", help="the whole system end to end on the embedded defaults"

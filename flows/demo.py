@@ -18,6 +18,7 @@ import numpy as np
 import psycopg
 from scipy.special import expit, logit
 
+from training.constants import MONITOR_WINDOW_DAYS
 from training.db import connection, ensure_platform_schema, platform_is_empty, upgrade
 from training.errors import PlatformNotEmpty
 from training.settings import Settings
@@ -219,7 +220,7 @@ def run_loop(settings: Settings) -> DemoResult:
     with connection(settings) as conn:
         outcomes = timed("time passes", simulate_platform_outcomes, conn, now, later)
     reconciled = timed("reconcile", reconcile_flow, now=later)
-    monitored = timed("monitor", monitor_flow, now=later, window_days=30)
+    monitored = timed("monitor", monitor_flow, now=later, window_days=MONITOR_WINDOW_DAYS)
     outbox = None if settings.smtp_host else settings.outbox_dir
     return DemoResult(
         time.perf_counter() - started,

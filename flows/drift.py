@@ -17,6 +17,8 @@ from training.features import MODEL_INPUT_COLUMNS
 
 CATEGORICAL: Final = ("subject",)
 NUMERICAL: Final = tuple(c for c in MODEL_INPUT_COLUMNS if c not in CATEGORICAL)
+WEEKLY_CALENDAR: Final = ("local_dow",)
+"""Calendar features whose distribution is a property of whole weeks only."""
 REFERENCE_SAMPLE: Final = 5000
 """Rows of the training data kept as the drift reference: enough for stable tests,
 small enough for a report that renders in about a second."""
@@ -44,7 +46,7 @@ class ReportResult:
     current_rows: int = 0
 
 
-def _definition(with_classification: bool = False):
+def _definition(with_classification: bool = False, columns: tuple[str, ...] = ()):
     from evidently import BinaryClassification, DataDefinition
 
     if with_classification:
@@ -52,7 +54,11 @@ def _definition(with_classification: bool = False):
             numerical_columns=["prediction"],
             classification=[BinaryClassification(target="target", prediction_probas="prediction")],
         )
-    return DataDefinition(numerical_columns=list(NUMERICAL), categorical_columns=list(CATEGORICAL))
+    columns = columns or tuple(MODEL_INPUT_COLUMNS)
+    return DataDefinition(
+        numerical_columns=[c for c in columns if c not in CATEGORICAL],
+        categorical_columns=[c for c in columns if c in CATEGORICAL],
+    )
 
 
 def features_frame(rows: pd.DataFrame | list[dict[str, Any]]) -> pd.DataFrame:
@@ -63,6 +69,64 @@ def features_frame(rows: pd.DataFrame | list[dict[str, Any]]) -> pd.DataFrame:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     frame["subject"] = frame["subject"].astype(str)
     return frame
+
+
+def column_kind(name: str) -> str:
+    """How a model input column is compared for drift, by rule (never by a list that
+    must be kept in step with the features): the subject is categorical; the weekday
+    is a weekly calendar; `*_count` is the base growth count and `n_*` the growth
+    counts measured against it (both rise by construction as tutors teach);
+    everything else is numerical as it stands."""
+    if name in CATEGORICAL:
+        return "categorical"
+    if name in WEEKLY_CALENDAR:
+        return "weekly_calendar"
+    if name.endswith("_count"):
+        return "base_count"
+    if name.startswith("n_"):
+        return "growth_count"
+    return "numerical"
+
+
+@dataclass(frozen=True)
+class DriftView:
+    """What the drift test compares: the columns kept (growth counts as shares of the
+    base count), and the columns left out with the reason."""
+
+    compared: tuple[str, ...]
+    compared_as: dict[str, str]
+    excluded: dict[str, str]
+
+
+def drift_view(window_days: int | None) -> DriftView:
+    """Which columns to compare and in what form, for a window of `window_days`.
+
+    Counts of a tutor's sessions and ratings grow whenever tutors keep teaching, so
+    their raw distribution drifts on a platform that does not change at all; the
+    share of ratings per session taught does not. The weekday mix is only a
+    distribution over whole weeks."""
+    compared, compared_as, excluded = [], {}, {}
+    base = next((c for c in MODEL_INPUT_COLUMNS if column_kind(c) == "base_count"), None)
+    for name in MODEL_INPUT_COLUMNS:
+        kind = column_kind(name)
+        if kind == "base_count":
+            excluded[name] = "grows by construction as tutors teach; its shares are compared"
+        elif kind == "weekly_calendar" and (window_days is None or window_days % 7):
+            excluded[name] = f"a weekday mix needs whole weeks; the window is {window_days} days"
+        else:
+            compared.append(name)
+            if kind == "growth_count" and base is not None:
+                compared_as[name] = f"{name} / ({base} + 1)"
+    return DriftView(tuple(compared), compared_as, excluded)
+
+
+def apply_view(frame: pd.DataFrame, view: DriftView) -> pd.DataFrame:
+    """The frame in the view's form (growth counts as shares of the base count)."""
+    out = features_frame(frame)
+    base = next((c for c in MODEL_INPUT_COLUMNS if column_kind(c) == "base_count"), None)
+    for name in view.compared_as:
+        out[name] = out[name] / (out[base] + 1.0)
+    return out[list(view.compared)]
 
 
 def sample_reference(X: pd.DataFrame, n: int = REFERENCE_SAMPLE) -> pd.DataFrame:
@@ -80,14 +144,21 @@ def _type(metric: dict[str, Any]) -> str:
     return str(metric["config"]["type"]).rsplit(":", 1)[-1]
 
 
-def drift_report(reference: pd.DataFrame, current: pd.DataFrame, drift_share: float):
-    """Data drift per feature (Evidently's default test per column type and size) and
-    the share of drifted features; `drifted` when that share exceeds `drift_share`."""
+def drift_report(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    drift_share: float,
+    window_days: int | None = None,
+):
+    """Data drift per compared feature (`drift_view`: growth counts as shares, the
+    weekday only over whole weeks) and the share of drifted features; `drifted` when
+    that share exceeds `drift_share`."""
     from evidently import Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    reference, current = features_frame(reference), features_frame(current)
-    definition = _definition()
+    view = drift_view(window_days)
+    reference, current = apply_view(reference, view), apply_view(current, view)
+    definition = _definition(columns=view.compared)
     preset = DataDriftPreset(
         drift_share=drift_share,
         num_method=NUMERICAL_TEST,
@@ -121,6 +192,9 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, drift_share: fl
             "drift_share_threshold": drift_share,
             "drifted": share > drift_share,
             "drifted_columns": drifted_columns,
+            "compared_columns": list(view.compared),
+            "compared_as": view.compared_as,
+            "excluded_columns": view.excluded,
             "columns": columns,
         },
         reference_rows=len(reference),

@@ -5,12 +5,16 @@ and a retrain when either warrants it.
    per model version → fsp.model_performance_logs (one row per version; a rerun
    for the same `now` rewrites the same values);
 2. Evidently reports → HTML + JSON under `state_dir/reports/`, logged to MLflow
-   (one monitoring run per (version, now, window)) and indexed in
-   fsp.monitoring_reports: data drift between the champion's training data
+   (one monitoring run per (version, now, window), with each feature's drift score
+   as a metric) and indexed in fsp.monitoring_reports (scores in fsp.drift_scores):
+   data drift between the last `window` days of the champion's training data
    (rebuilt point-in-time from its `cutoff` tag) and the stored features of the
-   sessions scored in the window; classification quality where labels exist;
-3. when the champion's live AUC is below the floor or the drifted share of
-   features exceeds the configured share: an event `fsp.model.retrain-requested`
+   sessions scored in the window, compared as `flows.drift.drift_view` says;
+   classification quality where labels exist;
+3. when the champion's live AUC is significantly below its own holdout AUC (the
+   whole bootstrap interval under it minus a tolerance, `training.live_check`) or
+   below the floor, or the drifted share of compared features exceeds the
+   configured share: an event `fsp.model.retrain-requested`
    (a prefect.yaml trigger turns it into a training run) and, when run from
    `fsp monitor`, the training flow directly; the promotion gate decides, and a
    promotion rebuilds the Bento. A model already trained as of `now` is never
@@ -29,7 +33,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 from mlflow import MlflowClient
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import parse_moment
@@ -43,17 +47,18 @@ from flows.drift import (
 )
 from flows.outcomes import holdout_comparison
 from flows.retrying import RETRYING
-from training.constants import CHAMPION_ALIAS
+from training.constants import CHAMPION_ALIAS, MONITOR_WINDOW_DAYS
 from training.dataset import build_training_set
 from training.db import connection
 from training.errors import InvalidInput, NotEnoughData
 from training.features import read_frame
+from training.live_check import live_check
 from training.model import evaluate
 from training.registry import aliased_version, ensure_experiment, make_client
 from training.settings import Settings, get_settings
 
 RETRAIN_EVENT: Final = "fsp.model.retrain-requested"
-DEFAULT_WINDOW_DAYS: Final = 30
+DEFAULT_WINDOW_DAYS: Final = MONITOR_WINDOW_DAYS
 MAX_WINDOW_DAYS: Final = 3650
 MONITOR_KEY_TAG: Final = "fsp.monitor_key"
 
@@ -86,6 +91,7 @@ class Champion:
     cutoff: datetime | None
     run_id: str
     threshold: float
+    holdout_auc: float | None = None
 
 
 def champion_info(client: MlflowClient, name: str) -> Champion:
@@ -99,6 +105,7 @@ def champion_info(client: MlflowClient, name: str) -> Champion:
         cutoff=cutoff,
         run_id=version.run_id or "",
         threshold=float(tags.get("alert_threshold", "0.5")),
+        holdout_auc=float(tags["holdout_auc_roc"]) if tags.get("holdout_auc_roc") else None,
     )
 
 
@@ -135,8 +142,12 @@ def _finite(value: float) -> float | None:
     return float(value) if value is not None and np.isfinite(value) else None
 
 
-def performance_rows(window: Window, champion: Champion) -> list[dict[str, Any]]:
-    """One evaluation per model version that has labelled predictions in the window."""
+def performance_rows(
+    window: Window, champion: Champion, settings: Settings | None = None
+) -> list[dict[str, Any]]:
+    """One evaluation per model version that has labelled predictions in the window;
+    the champion's also carries its live check against its own holdout AUC."""
+    settings = settings or get_settings()
     out = []
     for version, group in window.labelled.groupby("model_version", sort=True):
         y = group["actual_poor_session"].astype(bool).to_numpy().astype(int)
@@ -154,9 +165,23 @@ def performance_rows(window: Window, champion: Champion) -> list[dict[str, Any]]
                 "threshold": threshold,
                 "metrics": {k: _finite(v) for k, v in metrics.items()},
                 "sample_size": len(y),
+                "live_check": _live_check(y, p, champion, settings)
+                if str(version) == champion.version
+                else None,
             }
         )
     return out
+
+
+def _live_check(y: np.ndarray, p: np.ndarray, champion: Champion, settings: Settings) -> dict:
+    return live_check(
+        y,
+        p,
+        champion.holdout_auc,
+        settings.monitor_auc_drop_tolerance,
+        settings.monitor_auc_floor,
+        settings.monitor_bootstrap_resamples,
+    ).as_dict()
 
 
 def store_performance(
@@ -171,6 +196,8 @@ def store_performance(
         for row in rows:
             m = row["metrics"]
             detail = {**m, "threshold": row["threshold"], "is_champion": row["is_champion"]}
+            if row.get("live_check"):
+                detail["live_check"] = row["live_check"]
             detail.update(extra)
             conn.execute(
                 "INSERT INTO fsp.model_performance_logs (model_type, model_version,"
@@ -198,11 +225,42 @@ def store_performance(
     return len(rows)
 
 
-def reference_features(conn: psycopg.Connection, champion: Champion) -> pd.DataFrame:
-    """The champion's training data, rebuilt point-in-time from its cutoff (a sample)."""
+MIN_REFERENCE_ROWS: Final = 200
+"""Fewest reference rows a drift test is run on; a thinner slice is widened."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The drift reference: the champion's most recent training rows, over as many
+    days as the monitoring window (widened when that holds too few rows)."""
+
+    features: pd.DataFrame
+    days: int | None  # None: the whole training set
+
+
+def comparable_slice(
+    starts: pd.Series, cutoff: datetime, days: int
+) -> tuple[np.ndarray, int | None]:
+    """Rows that started in the last `days` before the cut-off, doubling the span
+    until there are MIN_REFERENCE_ROWS of them (None: all rows)."""
+    span = days
+    while span <= 8 * days:
+        mask = (starts >= pd.Timestamp(cutoff - timedelta(days=span))).to_numpy()
+        if mask.sum() >= MIN_REFERENCE_ROWS:
+            return mask, span
+        span *= 2
+    return np.ones(len(starts), dtype=bool), None
+
+
+def reference_features(conn: psycopg.Connection, champion: Champion, days: int) -> Reference:
+    """The champion's training data, rebuilt point-in-time from its cutoff: the last
+    weeks of it, as long as the window, so the comparison is like with like (a tutor's
+    record three months ago is not this week's)."""
     if champion.cutoff is None:
         raise NotEnoughData(f"champion version {champion.version} has no cutoff tag")
-    return sample_reference(build_training_set(conn, champion.cutoff).X)
+    ts = build_training_set(conn, champion.cutoff)
+    mask, span = comparable_slice(ts.starts, champion.cutoff, days)
+    return Reference(sample_reference(ts.X[mask]), span)
 
 
 def current_features(window: Window) -> pd.DataFrame:
@@ -225,14 +283,16 @@ def report_folder(settings: Settings, champion: Champion, window: Window) -> Pat
 
 
 def build_reports(
-    settings: Settings, champion: Champion, reference: pd.DataFrame | None, window: Window
+    settings: Settings, champion: Champion, reference: Reference | None, window: Window
 ) -> list[ReportResult]:
     """Drift when there are scored sessions and a reference; classification quality
     when enough labelled sessions of both classes exist."""
     results = []
     current = current_features(window)
-    if reference is not None and len(current) and len(reference):
-        results.append(drift_report(reference, current, settings.monitor_drift_share))
+    if reference is not None and len(current) and len(reference.features):
+        drift = drift_report(reference.features, current, settings.monitor_drift_share, window.days)
+        drift.figures["reference_window_days"] = reference.days
+        results.append(drift)
     labelled = window.labelled
     if len(labelled) >= settings.monitor_min_labelled:
         y = labelled["actual_poor_session"].astype(bool).to_numpy().astype(int)
@@ -316,15 +376,68 @@ def log_monitoring_run(
                     if row["metrics"].get(k) is not None:
                         metrics[f"live_{k}"] = row["metrics"][k]
                 metrics["live_sample_size"] = row["sample_size"]
+        metrics.update(_live_check_metrics(performance))
         for report in saved:
             if report.kind == "data_drift":
                 metrics["drift_share"] = report.figures["drift_share"]
                 metrics["drifted_columns_count"] = report.figures["drifted_columns_count"]
+                metrics.update(_drift_score_metrics(report.figures))
         if metrics:
             mlflow.log_metrics(metrics)
         if saved:
             mlflow.log_artifacts(str(folder), artifact_path="monitoring")
         return run.info.run_id
+
+
+def _drift_score_metrics(figures: dict[str, Any]) -> dict[str, float]:
+    """Each compared feature's drift score as an MLflow metric `drift_score.<feature>`."""
+    return {
+        f"drift_score.{name}": float(c["score"])
+        for name, c in figures.get("columns", {}).items()
+        if c.get("score") is not None
+    }
+
+
+def _live_check_metrics(performance: list[dict[str, Any]]) -> dict[str, float]:
+    """The champion's live check (AUC interval, its holdout figure) as MLflow metrics."""
+    for row in performance:
+        check = row.get("live_check")
+        if row["is_champion"] and check:
+            figures = {
+                "live_auc_ci_low": check["interval"][0],
+                "live_auc_ci_high": check["interval"][1],
+                "champion_holdout_auc": check["champion_holdout_auc"],
+                "retrain_below_champion": float(check["below_champion"]),
+            }
+            return {k: float(v) for k, v in figures.items() if v is not None}
+    return {}
+
+
+def store_drift_scores(
+    conn: psycopg.Connection, saved: list[SavedReport], champion: Champion, window: Window
+) -> int:
+    """One row per compared feature in fsp.drift_scores (upsert: a rerun rewrites it)."""
+    rows = [
+        (name, c.get("method"), c.get("score"), c.get("threshold"), name in drifted, as_)
+        for report in saved
+        if report.kind == "data_drift"
+        for drifted in [set(report.figures["drifted_columns"])]
+        for name, c in report.figures["columns"].items()
+        for as_ in [report.figures.get("compared_as", {}).get(name)]
+    ]
+    with conn.transaction():
+        for row in rows:
+            conn.execute(
+                "INSERT INTO fsp.drift_scores (model_version, evaluation_date,"
+                " time_window_days, feature, method, score, threshold, drifted, compared_as)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (model_version,"
+                " evaluation_date, time_window_days, feature) DO UPDATE SET"
+                " method = EXCLUDED.method, score = EXCLUDED.score,"
+                " threshold = EXCLUDED.threshold, drifted = EXCLUDED.drifted,"
+                " compared_as = EXCLUDED.compared_as",
+                (champion.version, window.now, window.days, *row),
+            )
+    return len(rows)
 
 
 def index_reports(
@@ -370,13 +483,19 @@ def retrain_reasons(
     """Why a retrain is warranted (empty: it is not)."""
     reasons = []
     for row in performance:
-        auc = row["metrics"].get("auc_roc")
-        if (
-            row["is_champion"]
-            and row["sample_size"] >= settings.monitor_min_labelled
-            and auc is not None
-            and auc < settings.monitor_auc_floor
+        check = row.get("live_check")
+        if not (
+            row["is_champion"] and check and row["sample_size"] >= settings.monitor_min_labelled
         ):
+            continue
+        auc, (low, high) = check["live_auc"], check["interval"]
+        if check["below_champion"]:
+            reasons.append(
+                f"live AUC {auc:.4f} (95% interval {low:.4f}-{high:.4f}, {row['sample_size']}"
+                f" rated sessions) of version {row['model_version']} is below its own holdout"
+                f" AUC {check['champion_holdout_auc']:.4f} minus {check['tolerance']}"
+            )
+        if check["below_floor"]:
             reasons.append(
                 f"live AUC {auc:.4f} of version {row['model_version']} is below the floor"
                 f" {settings.monitor_auc_floor} ({row['sample_size']} rated sessions)"
@@ -467,7 +586,7 @@ def load_window(settings: Settings, now: datetime, days: int) -> Window:
 @task(cache_policy=NO_CACHE, **RETRYING)
 def log_performance(settings: Settings, window: Window, champion: Champion) -> list[dict[str, Any]]:
     """Evaluate per version and upsert fsp.model_performance_logs."""
-    rows = performance_rows(window, champion)
+    rows = performance_rows(window, champion, settings)
     client = make_client(settings)
     types = {champion.version: champion.model_type}
     for row in rows:
@@ -486,18 +605,20 @@ def log_performance(settings: Settings, window: Window, champion: Champion) -> l
 
 
 @task(cache_policy=NO_CACHE, **RETRYING)
-def load_reference(settings: Settings, champion: Champion) -> pd.DataFrame | None:
-    """The champion's training data (None when its lineage cannot be rebuilt)."""
+def load_reference(settings: Settings, champion: Champion, days: int) -> Reference | None:
+    """The champion's most recent training rows (None when its lineage cannot be
+    rebuilt: then there is no drift report, and the run says why in its log)."""
     try:
         with connection(settings) as conn:
-            return reference_features(conn, champion)
-    except NotEnoughData:
+            return reference_features(conn, champion, days)
+    except NotEnoughData as exc:
+        get_run_logger().warning("no drift reference: %s", exc)
         return None
 
 
 @task(cache_policy=NO_CACHE)
 def write_reports(
-    settings: Settings, champion: Champion, reference: pd.DataFrame | None, window: Window
+    settings: Settings, champion: Champion, reference: Reference | None, window: Window
 ) -> list[SavedReport]:
     """Evidently reports → HTML + JSON files."""
     results = build_reports(settings, champion, reference, window)
@@ -530,6 +651,7 @@ def index_in_db(
 ) -> int:
     """Index the reports in fsp.monitoring_reports."""
     with connection(settings) as conn:
+        store_drift_scores(conn, saved, champion, window)
         return index_reports(conn, saved, champion, window, run_id)
 
 
@@ -549,7 +671,7 @@ def monitor_flow(
     champion = load_champion(settings)
     window = load_window(settings, moment, days)
     performance = log_performance(settings, window, champion)
-    reference = load_reference(settings, champion)
+    reference = load_reference(settings, champion, days)
     saved = write_reports(settings, champion, reference, window)
     run_id = log_to_mlflow(settings, champion, window, performance, saved)
     index_in_db(settings, saved, champion, window, run_id)
@@ -588,6 +710,7 @@ def summarize(
                     k: (round(r["metrics"][k], 4) if r["metrics"][k] is not None else None)
                     for k in ("auc_roc", "accuracy", "precision", "recall", "f1")
                 },
+                "live_check": r.get("live_check"),
             }
             for r in performance
         ],

@@ -37,3 +37,8 @@ def risk_level(probability: float) -> str:
 def risk_score(probability: float) -> int:
     """The 0-100 score shown to people: the probability in percent, rounded."""
     return round(max(0.0, min(1.0, probability)) * 100)
+
+
+MONITOR_WINDOW_DAYS: Final = 28
+"""Days of sessions a monitoring run evaluates by default: four whole weeks, since the
+weekday mix is only a distribution over whole weeks."""

@@ -49,7 +49,13 @@ class Settings(BaseSettings):
         default=300.0, ge=0, alias="FSP_ALERT_SEND_LEASE_SECONDS"
     )
     monitor_auc_floor: float = Field(default=0.60, ge=0, le=1, alias="FSP_AUC_FLOOR")
-    monitor_drift_share: float = Field(default=0.50, ge=0, le=1, alias="FSP_DRIFT_SHARE")
+    monitor_drift_share: float = Field(default=0.20, ge=0, le=1, alias="FSP_DRIFT_SHARE")
+    monitor_auc_drop_tolerance: float = Field(
+        default=0.02, ge=0, le=1, alias="FSP_AUC_DROP_TOLERANCE"
+    )
+    monitor_bootstrap_resamples: int = Field(
+        default=1000, ge=100, le=100_000, alias="FSP_BOOTSTRAP_RESAMPLES"
+    )
     monitor_min_labelled: int = Field(default=50, ge=1, alias="FSP_MONITOR_MIN_LABELLED")
     demo_tutors: int = Field(default=1000, ge=50, le=100_000, alias="FSP_DEMO_TUTORS")
     monitor_min_drift_rows: int = Field(default=200, ge=1, alias="FSP_MONITOR_MIN_DRIFT_ROWS")
