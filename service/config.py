@@ -45,6 +45,20 @@ DB_CONNECT_TIMEOUT_SECONDS: Final = 2
 """Connect timeout of the health and pooled connections, so a dead host is noticed
 quickly (libpq's and psycopg's smallest: a value of 1 is taken as 2)."""
 
+DB_CONNECTION_OPTIONS: Final = {
+    "connect_timeout": DB_CONNECT_TIMEOUT_SECONDS,
+    "tcp_user_timeout": 3000,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+"""libpq options of every service connection: connecting gives up after
+DB_CONNECT_TIMEOUT_SECONDS, and a database host that vanished without closing the
+connection (a network cut) fails a query within seconds (unacknowledged data for 3 s,
+or an idle connection's keepalives unanswered), instead of hanging the health check
+for the kernel's retransmission timeout (minutes)."""
+
 POOL_MAX_SIZE: Final = 4
 """Connections per worker for storing predictions and the read endpoints."""
 

@@ -32,10 +32,11 @@ from typing import NamedTuple
 
 import numpy as np
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from service.config import (
     DB_CHECK_SECONDS,
-    DB_CONNECT_TIMEOUT_SECONDS,
+    DB_CONNECTION_OPTIONS,
     POOL_MAX_SIZE,
     POOL_TIMEOUT_SECONDS,
     SNAPSHOT_REFRESH_SECONDS,
@@ -276,7 +277,7 @@ class SnapshotKeeper:
             max_size=POOL_MAX_SIZE,
             open=False,
             check=ConnectionPool.check_connection,
-            kwargs={"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS},
+            kwargs=dict(DB_CONNECTION_OPTIONS),
             name="fsp-service",
         )
         pool.open(wait=False)
@@ -289,9 +290,8 @@ class SnapshotKeeper:
                 self._url = self.resolve_url()
                 self._open_pool(self._url)
             if self._health is None or self._health.closed:
-                self._health = psycopg.connect(
-                    self._url, autocommit=True, connect_timeout=DB_CONNECT_TIMEOUT_SECONDS
-                )
+                options = make_conninfo(self._url, **DB_CONNECTION_OPTIONS)
+                self._health = psycopg.connect(options, autocommit=True)
             self._health.execute("SELECT 1")
         except Exception as exc:  # any failure means the same to a caller: not answering
             self._database_failed(exc)

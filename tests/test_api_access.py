@@ -261,3 +261,51 @@ def test_serve_listens_on_loopback_unless_told(monkeypatch: pytest.MonkeyPatch) 
     assert exposure_warning(open_settings, "localhost") is None
     assert "FSP_API_KEY" in (exposure_warning(open_settings, "0.0.0.0") or "")
     assert exposure_warning(Settings(FSP_API_KEY="k"), "0.0.0.0") is None
+
+
+@pytest.mark.services
+def test_service_connections_give_up_quickly(server_url: str) -> None:
+    """The health and pooled connections carry a short connect timeout and TCP timeouts
+    (a vanished host fails a query in seconds, not after the kernel's minutes)."""
+    from service.lookup import SnapshotKeeper
+
+    keeper = SnapshotKeeper(resolve_url=lambda: server_url, clock=lambda: datetime.now(UTC))
+    try:
+        assert keeper.check_database() and keeper.db_error is None
+        with keeper.connection() as pooled:
+            connections = (keeper._health, pooled)
+            for conn in connections:
+                assert conn is not None
+                options = {o.keyword: o.val for o in conn.pgconn.info}
+                assert options[b"connect_timeout"] == b"2"
+                assert options[b"tcp_user_timeout"] == b"3000"
+                assert options[b"keepalives_idle"] == b"5"
+    finally:
+        keeper.stop()
+
+
+def test_a_dead_database_answers_within_a_second() -> None:
+    """Nothing listens: the keeper's health check and a request's connection fail fast,
+    and the reason a caller reads says nothing of where the database is."""
+    import time
+
+    from service.lookup import SnapshotKeeper
+    from training.errors import DatabaseUnavailable
+
+    keeper = SnapshotKeeper(
+        resolve_url=lambda: "postgresql://nobody@127.0.0.1:9/secretdb",
+        clock=lambda: datetime.now(UTC),
+    )
+    try:
+        started = time.monotonic()
+        assert not keeper.check_database()
+        assert keeper.not_ready_reason == "database unavailable"
+        keeper.db_error = None  # as if the health check had not noticed yet
+        with (
+            pytest.raises(DatabaseUnavailable, match=r"^database unavailable$"),
+            keeper.connection(),
+        ):
+            pass
+        assert time.monotonic() - started < 1.5
+    finally:
+        keeper.stop()
