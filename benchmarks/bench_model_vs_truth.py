@@ -85,7 +85,7 @@ def run_one(url: str, platform: str, seed: int, tutors: int, days: int) -> dict:
     from training.demo_data import DemoSpec, generate, write
     from training.model import positive_proba
     from training.settings import get_settings
-    from training.train import choose, fit_candidate, split_training_set
+    from training.train import blend_of, choose, fit_candidate, split_training_set
 
     frames = generate(DemoSpec(tutors=tutors, days=days, seed=seed, now=NOW, platform=platform))
     truth = dict(zip(frames["truth"]["session_id"], frames["truth"]["p_poor"], strict=True))
@@ -99,6 +99,7 @@ def run_one(url: str, platform: str, seed: int, tutors: int, days: int) -> dict:
     from training.model import CANDIDATES
 
     fitted = [fit_candidate(c, ts, split, settings) for c in CANDIDATES]
+    fitted.append(blend_of(fitted, ts, split))
     best = choose(fitted, settings)
     after = (later.starts >= cutoff).to_numpy()
     X, y = later.X[after], later.y[after]

@@ -28,8 +28,9 @@ def load_training_set(settings: Settings, cutoff: datetime) -> TrainingSet:
 
 @task(cache_policy=NO_CACHE)
 def fit_all(settings: Settings, ts: TrainingSet, split: steps.Split) -> list[steps.FittedCandidate]:
-    """Fit and score every candidate on the same split."""
-    return [steps.fit_candidate(c, ts, split, settings) for c in CANDIDATES]
+    """Fit and score every candidate on the same split, then their log-odds blend."""
+    fitted = [steps.fit_candidate(c, ts, split, settings) for c in CANDIDATES]
+    return [*fitted, steps.blend_of(fitted, ts, split)]
 
 
 @flow(name="fsp-train", log_prints=True)

@@ -1,5 +1,6 @@
-"""A champion that is not linear (gradient boosting) packages into a Bento and is
-served through the logged sklearn model, with the same probabilities."""
+"""A champion that is not linear (gradient boosting, or the log-odds blend of every
+candidate) packages into a Bento and is served through the logged sklearn model,
+with the same probabilities and reasons that sum to its log-odds."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.special import logit
 
 from tests.conftest import DEMO_NOW, configure_env
 from training import train as steps
@@ -19,8 +21,9 @@ from training.settings import get_settings
 pytestmark = pytest.mark.services
 
 
-def test_a_boosting_champion_packages_and_serves_through_sklearn(
-    trained_world, tmp_path, monkeypatch
+@pytest.mark.parametrize("family", ["gradient_boosting", "log_odds_blend"])
+def test_a_nonlinear_champion_packages_and_serves_through_sklearn(
+    family, trained_world, tmp_path, monkeypatch
 ):
     configure_env(monkeypatch, trained_world["database_url"], tmp_path / "state")
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
@@ -29,8 +32,9 @@ def test_a_boosting_champion_packages_and_serves_through_sklearn(
     with connect(settings.database_url) as conn:
         ts = build_training_set(conn, DEMO_NOW)
     split = steps.split_training_set(ts, settings)
-    boosting = next(c for c in CANDIDATES if c.name == "gradient_boosting")
-    fitted = steps.fit_candidate(boosting, ts, split, settings)
+    members = [steps.fit_candidate(c, ts, split, settings) for c in CANDIDATES]
+    fitted = next((f for f in members if f.candidate.name == family), None)
+    fitted = fitted or steps.blend_of(members, ts, split)
     version, *_ = steps.log_and_register(client, settings, ts, split, [fitted], fitted)
     promote(client, settings.model_name, version.version, reason="test: boosting champion")
 
@@ -52,3 +56,5 @@ def test_a_boosting_champion_packages_and_serves_through_sklearn(
     expected = fitted.model.predict_proba(X)[:, 1]
     assert isinstance(served.scorer, SklearnScorer)
     assert np.allclose(served.scorer.model.probabilities(X), expected, atol=1e-12)
+    gap = logit(expected) - served.scorer.model.contributions(X).sum(axis=1)
+    assert np.ptp(gap) < 1e-8  # exact reasons: one constant away from the log-odds

@@ -6,7 +6,8 @@ share of the log-odds, relative to an average training session, summing with
 the baseline to the prediction); for gradient boosting they are the exact path
 contributions of its trees (`training.tree_contributions`, scaled by the Platt
 calibration: they too sum with a baseline to the calibrated log-odds); for any
-other model they are occlusion attributions (the change in log-odds when that
+blend of candidates the mean of its members' (its log-odds are the mean of theirs);
+for any other model they are occlusion attributions (the change in log-odds when that
 feature's encoded columns are set to their training average)."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from training.constants import CHAMPION_ALIAS, risk_level, risk_score
 from training.encoding import subject_notes
 from training.features import FACTOR_LABELS, MODEL_INPUT_COLUMNS
+from training.model import LogOddsBlend
 from training.registry import aliased_version, load_sklearn
 from training.tree_contributions import tree_contributions
 
@@ -64,15 +66,27 @@ class ScoringModel:
         calibrated = self.model.calibrated_classifiers_[0]
         return calibrated.estimator, calibrated.calibrators[0]
 
+    @cached_property
+    def members(self) -> list[ScoringModel]:
+        """A blend's members, each opened for scoring (empty for a single model)."""
+        if not isinstance(self.model, LogOddsBlend):
+            return []
+        return [ScoringModel(m, self.version, self.threshold) for m in self.model.members]
+
     @property
     def is_linear(self) -> bool:
         """True when reasons are exact (a linear classifier with Platt calibration)."""
+        if self.members:
+            return False
         pipeline, calibrator = self._parts
         return hasattr(pipeline.named_steps["clf"], "coef_") and hasattr(calibrator, "a_")
 
     @property
     def encoder(self):
-        """The fitted `RiskFeatureEncoder` (it holds the learned vocabulary)."""
+        """The fitted `RiskFeatureEncoder` (it holds the learned vocabulary; a blend's
+        members learn the same one from the same rows)."""
+        if self.members:
+            return self.members[0].encoder
         return self._parts[0].named_steps["encode"]
 
     @cached_property
@@ -94,10 +108,14 @@ class ScoringModel:
 
     def probabilities(self, X: pd.DataFrame) -> np.ndarray:
         """P(poor first session) for each row of raw model input."""
+        if self.members:
+            return np.clip(self.model.predict_proba(X)[:, 1], 0, 1)
         return self.proba_from_encoded(self.encode(X))
 
     def contributions(self, X: pd.DataFrame) -> np.ndarray:
         """Per row and input feature: its push on the log-odds of a poor session."""
+        if self.members:  # the blend's log-odds are the mean of its members'
+            return np.mean([m.contributions(X) for m in self.members], axis=0)
         Z = self.encode(X)
         pipeline, calibrator = self._parts
         clf = pipeline.named_steps["clf"]

@@ -22,7 +22,9 @@ from training.encoding import OTHER_LEVEL
 from training.errors import NotEnoughData
 from training.features import FEATURE_DOCS
 from training.model import (
+    BLEND,
     Candidate,
+    LogOddsBlend,
     calibrated,
     choose_threshold,
     cross_validated_auc,
@@ -89,6 +91,18 @@ def fit_candidate(candidate: Candidate, ts: TrainingSet, split: Split, settings:
     return FittedCandidate(candidate, model, cv, p, auc)
 
 
+def blend_of(fitted: list[FittedCandidate], ts: TrainingSet, split: Split) -> FittedCandidate:
+    """The log-odds blend of the fitted candidates, judged on the same holdout (it has
+    no CV of its own: its members' are logged beside it)."""
+    from sklearn.metrics import roc_auc_score
+
+    model = LogOddsBlend(tuple(f.model for f in fitted)).fit()
+    p = positive_proba(model, ts.X[split.holdout])
+    auc = float(roc_auc_score(ts.y[split.holdout], p))
+    cv = np.array([f.cv_auc.mean() for f in fitted])
+    return FittedCandidate(BLEND, model, cv, p, auc)
+
+
 def choose(fitted: list[FittedCandidate], settings: Settings) -> FittedCandidate:
     """Best holdout AUC, ties (within the configured tolerance) to the simpler model."""
     name = pick_best({f.candidate.name: f.holdout_auc for f in fitted}, settings.tie_tolerance)
@@ -97,9 +111,10 @@ def choose(fitted: list[FittedCandidate], settings: Settings) -> FittedCandidate
 
 def explain_weights(best: FittedCandidate, ts: TrainingSet, split: Split) -> pd.DataFrame:
     """Coefficients (linear) or permutation importances (others), for the run's artifacts."""
-    inner = best.model.calibrated_classifiers_[0].estimator  # type: ignore[attr-defined]
-    clf = inner.named_steps["clf"]
-    if hasattr(clf, "coef_"):
+    calibrated = getattr(best.model, "calibrated_classifiers_", None)
+    inner = calibrated[0].estimator if calibrated else None
+    clf = inner.named_steps["clf"] if inner is not None else None
+    if inner is not None and hasattr(clf, "coef_"):
         names = inner.named_steps["encode"].get_feature_names_out()
         return pd.DataFrame({"feature": names, "coefficient": clf.coef_[0]})
     from sklearn.inspection import permutation_importance
@@ -257,6 +272,9 @@ def _tag_version(
 
 
 def _encoder_of(model):
+    """The fitted encoder (a blend's members all learn the same vocabulary)."""
+    if isinstance(model, LogOddsBlend):
+        return _encoder_of(model.members[0])
     return model.calibrated_classifiers_[0].estimator.named_steps["encode"]
 
 
