@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import smtplib
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.errors import HeaderParseError
 from email.message import EmailMessage
@@ -118,7 +118,7 @@ class SmtpMailer:
     host: str
     port: int
     user: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log line
     use_tls: bool = False
     timeout: float = 10.0
 
@@ -192,7 +192,9 @@ def make_mailer(settings: Settings) -> Mailer:
             host=settings.smtp_host,
             port=settings.smtp_port,
             user=settings.smtp_user,
-            password=settings.smtp_password,
+            password=(
+                settings.smtp_password.get_secret_value() if settings.smtp_password else None
+            ),
             use_tls=settings.smtp_use_tls,
             timeout=settings.smtp_timeout_seconds,
         )

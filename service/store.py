@@ -71,6 +71,13 @@ def _records(cur: psycopg.Cursor) -> list[dict[str, Any]]:
     return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
 
 
+REPRESENTABLE_START = (
+    "scheduled_start >= '1678-01-01T00:00:00Z' AND scheduled_start < '2262-01-01T00:00:00Z'"
+)
+"""A start Python and pandas can hold. A row outside it (written by an older version)
+is left out of the read endpoints rather than failing every call for that tutor."""
+
+
 def tutor_predictions(
     conn: psycopg.Connection, tutor_id: str, now: datetime, days: int
 ) -> list[dict[str, Any]]:
@@ -82,6 +89,7 @@ def tutor_predictions(
         " prediction_correct"
         " FROM fsp.first_session_predictions"
         " WHERE tutor_id = %s AND prediction_date > %s AND prediction_date <= %s"
+        f" AND {REPRESENTABLE_START}"
         " ORDER BY prediction_date DESC, session_id",
         (tutor_id, now - timedelta(days=days), now),
     )

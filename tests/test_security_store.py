@@ -388,3 +388,23 @@ def test_alerts_flow_command_path_survives_out_of_range_rows(platform: str) -> N
         )
     summary = alerts_flow(now=NOW.isoformat())
     assert summary["sent"] == 1 and summary["skipped_start_out_of_range"] == 1
+
+
+def test_a_start_outside_the_representable_range_does_not_break_the_history(platform) -> None:
+    """A year-10000 row (an older version's) is left out of the tutor's history rather
+    than failing every call for that tutor."""
+    from service.store import tutor_predictions
+
+    with psycopg.connect(platform) as conn:
+        tutor = "T1"
+        conn.execute(
+            "INSERT INTO fsp.first_session_predictions (session_id, tutor_id, student_id,"
+            " scheduled_start, subject, prediction_date, risk_probability, risk_score,"
+            " risk_level, risk_prediction, model_version, top_risk_factors)"
+            " VALUES ('far-future', %s, 's', '9999-12-31T23:59:59-12:00', 'x', %s, 0.9, 90,"
+            " 'CRITICAL', 1, '1', '[]')",
+            (tutor, NOW),
+        )
+        upsert_predictions(conn, _rows(1, "ok").assign(tutor_id=tutor, prediction_date=NOW))
+        rows = tutor_predictions(conn, tutor, NOW + timedelta(days=1), 30)
+    assert rows and all(r["session_id"] != "far-future" for r in rows)

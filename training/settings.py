@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     smtp_host: str | None = Field(default=None, alias="SMTP_HOST")
     smtp_port: int = Field(default=25, alias="SMTP_PORT")
     smtp_user: str | None = Field(default=None, alias="SMTP_USER")
-    smtp_password: str | None = Field(default=None, alias="SMTP_PASSWORD")
+    smtp_password: SecretStr | None = Field(default=None, alias="SMTP_PASSWORD")
     smtp_use_tls: bool = Field(default=False, alias="SMTP_USE_TLS")
     smtp_from_email: str = Field(default="risk-alerts@tutoring.example", alias="SMTP_FROM_EMAIL")
     smtp_timeout_seconds: float = Field(default=10.0, gt=0, alias="SMTP_TIMEOUT")
