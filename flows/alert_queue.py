@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
 import psycopg
 
 from flows.emails import message_id_for
+from training.constants import EARLIEST_START, LATEST_START
 from training.features import read_frame
 
 HOLDOUT_BUCKETS = 10_000
@@ -49,12 +50,6 @@ UNCERTAIN_AFTER_CRASH = (
     "delivery uncertain: the run sending it stopped before recording the result and the"
     " relay cannot be asked; not resent so that the tutor never gets it twice"
 )
-
-EARLIEST_START = datetime(1678, 1, 1, tzinfo=UTC)
-LATEST_START = datetime(2262, 1, 1, tzinfo=UTC)
-"""The sane range of a stored scheduled_start: inside pandas' (1677-2262) and Python's
-(year < 10000) datetimes. A row outside it (written by an older version) is skipped
-with a counted reason instead of breaking the batch."""
 
 _RANGE = {"earliest": EARLIEST_START, "latest": LATEST_START}
 IN_RANGE = "p.scheduled_start >= %(earliest)s AND p.scheduled_start < %(latest)s"

@@ -47,7 +47,12 @@ from flows.drift import (
 )
 from flows.outcomes import holdout_comparison
 from flows.retrying import RETRYING
-from training.constants import CHAMPION_ALIAS, MONITOR_WINDOW_DAYS
+from training.constants import (
+    CHAMPION_ALIAS,
+    EARLIEST_START,
+    LATEST_START,
+    MONITOR_WINDOW_DAYS,
+)
 from training.dataset import build_training_set
 from training.db import connection
 from training.errors import InvalidInput, NotEnoughData
@@ -66,8 +71,14 @@ WINDOW_PREDICTIONS = """
 SELECT session_id, model_version, scheduled_start, prediction_date, risk_probability,
        alert_threshold, risk_prediction, actual_poor_session, features
 FROM fsp.first_session_predictions
-WHERE (scheduled_start > %(since)s AND scheduled_start <= %(now)s)
-   OR (prediction_date > %(since)s AND prediction_date <= %(now)s)
+WHERE ((scheduled_start > %(since)s AND scheduled_start <= %(now)s)
+   OR (prediction_date > %(since)s AND prediction_date <= %(now)s))
+  AND scheduled_start >= %(earliest)s AND scheduled_start < %(latest)s
+"""
+OUT_OF_RANGE_IN_WINDOW = """
+SELECT count(*) FROM fsp.first_session_predictions
+WHERE prediction_date > %(since)s AND prediction_date <= %(now)s
+  AND NOT (scheduled_start >= %(earliest)s AND scheduled_start < %(latest)s)
 """
 
 
@@ -117,6 +128,7 @@ class Window:
     days: int
     labelled: pd.DataFrame
     scored: pd.DataFrame
+    skipped_start_out_of_range: int = 0
 
     @property
     def since(self) -> datetime:
@@ -127,15 +139,17 @@ def read_window(conn: psycopg.Connection, now: datetime, days: int) -> Window:
     """Labelled predictions of sessions that started in the window, and the features of
     every session scored in it."""
     since = now - timedelta(days=days)
-    rows = read_frame(conn, WINDOW_PREDICTIONS, {"since": since, "now": now})
+    params = {"since": since, "now": now, "earliest": EARLIEST_START, "latest": LATEST_START}
+    rows = read_frame(conn, WINDOW_PREDICTIONS, params)
+    skipped = conn.execute(OUT_OF_RANGE_IN_WINDOW, params).fetchone()[0]  # type: ignore[index]
     if rows.empty:
-        return Window(now, days, rows, rows)
+        return Window(now, days, rows, rows, skipped)
     starts = pd.to_datetime(rows["scheduled_start"], utc=True)
     scored_at = pd.to_datetime(rows["prediction_date"], utc=True)
     in_start = (starts > since) & (starts <= now)
     labelled = rows[in_start & rows["actual_poor_session"].notna()].reset_index(drop=True)
     scored = rows[(scored_at > since) & (scored_at <= now)].reset_index(drop=True)
-    return Window(now, days, labelled, scored)
+    return Window(now, days, labelled, scored, skipped)
 
 
 def _finite(value: float) -> float | None:
@@ -702,6 +716,7 @@ def summarize(
         "champion_version": champion.version,
         "labelled_sessions": len(window.labelled),
         "scored_sessions": len(window.scored),
+        "skipped_start_out_of_range": window.skipped_start_out_of_range,
         "performance": [
             {
                 "model_version": r["model_version"],

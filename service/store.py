@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import psycopg
 
-from training.constants import RISK_BANDS
+from training.constants import EARLIEST_START, LATEST_START, RISK_BANDS
 from training.predictions import STORED_COLUMNS, prediction_rows, stage_incoming
 
 LEVELS = tuple(name for name, _ in RISK_BANDS)
@@ -72,10 +72,11 @@ def _records(cur: psycopg.Cursor) -> list[dict[str, Any]]:
 
 
 REPRESENTABLE_START = (
-    "scheduled_start >= '1678-01-01T00:00:00Z' AND scheduled_start < '2262-01-01T00:00:00Z'"
+    f"scheduled_start >= '{EARLIEST_START.isoformat()}'"
+    f" AND scheduled_start < '{LATEST_START.isoformat()}'"
 )
-"""A start Python and pandas can hold. A row outside it (written by an older version)
-is left out of the read endpoints rather than failing every call for that tutor."""
+"""A start Python and pandas can hold (training.constants). A row outside it is left
+out of the read endpoints rather than failing every call for that tutor."""
 
 
 def tutor_predictions(

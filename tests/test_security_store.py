@@ -408,3 +408,18 @@ def test_a_start_outside_the_representable_range_does_not_break_the_history(plat
         upsert_predictions(conn, _rows(1, "ok").assign(tutor_id=tutor, prediction_date=NOW))
         rows = tutor_predictions(conn, tutor, NOW + timedelta(days=1), 30)
     assert rows and all(r["session_id"] != "far-future" for r in rows)
+
+
+def test_the_monitor_window_skips_and_counts_an_out_of_range_start(platform) -> None:
+    """Any stored year outside pandas' range used to stop `fsp monitor`; now the row is
+    left out and counted, and the rest of the window is read."""
+    from flows.monitor import read_window
+
+    with psycopg.connect(platform) as conn:
+        upsert_predictions(conn, _rows(2, "ok").assign(prediction_date=NOW))
+        conn.execute(
+            "UPDATE fsp.first_session_predictions SET scheduled_start = '9999-12-31T23:00:00Z'"
+            " WHERE session_id = (SELECT min(session_id) FROM fsp.first_session_predictions)"
+        )
+        window = read_window(conn, NOW + timedelta(days=1), 28)
+    assert window.skipped_start_out_of_range == 1 and len(window.scored) == 1

@@ -4,6 +4,7 @@ lives here (or anywhere outside the demo generator): the model learns it."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Final
 
 CHAMPION_ALIAS: Final = "champion"
@@ -42,3 +43,9 @@ def risk_score(probability: float) -> int:
 MONITOR_WINDOW_DAYS: Final = 28
 """Days of sessions a monitoring run evaluates by default: four whole weeks, since the
 weekday mix is only a distribution over whole weeks."""
+
+EARLIEST_START: Final = datetime(1678, 1, 1, tzinfo=UTC)
+LATEST_START: Final = datetime(2262, 1, 1, tzinfo=UTC)
+"""The sane range of a stored scheduled_start: inside pandas' (1677-2262) and Python's
+(year < 10000) datetimes. A row outside it (written by an older version) is skipped
+with a counted reason by every flow and read endpoint instead of breaking them."""
