@@ -113,10 +113,10 @@ def explain_weights(best: FittedCandidate, ts: TrainingSet, split: Split) -> pd.
     """Coefficients (linear) or permutation importances (others), for the run's artifacts."""
     calibrated = getattr(best.model, "calibrated_classifiers_", None)
     inner = calibrated[0].estimator if calibrated else None
-    clf = inner.named_steps["clf"] if inner is not None else None
-    if inner is not None and hasattr(clf, "coef_"):
+    coef = getattr(inner.named_steps["clf"], "coef_", None) if inner is not None else None
+    if inner is not None and coef is not None:
         names = inner.named_steps["encode"].get_feature_names_out()
-        return pd.DataFrame({"feature": names, "coefficient": clf.coef_[0]})
+        return pd.DataFrame({"feature": names, "coefficient": coef[0]})
     from sklearn.inspection import permutation_importance
 
     result = permutation_importance(
