@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from flows.cli import main
 from flows.demo import simulate_platform_outcomes
@@ -152,7 +153,17 @@ def test_monitor_logs_reports_and_is_idempotent(loop_env, monkeypatch):
     assert first["performance"] == second["performance"]
     live = first["performance"][0]
     assert live["sample_size"] == first["labelled_sessions"] > 20
-    assert 0.0 <= live["auc_roc"] <= 1.0
+    with connect(loop_env) as conn:  # the logged AUC is the AUC of what was stored
+        y, p = zip(
+            *conn.execute(
+                "SELECT actual_poor_session::int, risk_probability"
+                " FROM fsp.first_session_predictions WHERE actual_poor_session IS NOT NULL"
+                " AND scheduled_start > %s AND scheduled_start <= %s",
+                (LATER - timedelta(days=30), LATER),
+            ).fetchall(),
+            strict=True,
+        )
+    assert live["auc_roc"] == pytest.approx(roc_auc_score(y, p), abs=1e-4)
     with connect(loop_env) as conn:
         logs = conn.execute(
             "SELECT model_version, sample_size, auc_roc, time_window_days, metrics_detail"
