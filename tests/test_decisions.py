@@ -43,7 +43,7 @@ def test_threshold_falls_back_to_the_best_f1_when_the_target_is_out_of_reach() -
         (
             {
                 "logistic_regression": 0.79,
-                "logistic_regression_binned": 0.794,
+                "logistic_regression_binned": 0.796,
                 "log_odds_blend": 0.8,
             },
             "logistic_regression_binned",
