@@ -1,13 +1,24 @@
 """Serving speed, side by side in one run: the Bento's /predict against `mlflow models
 serve` of the same registered version, on the same machine and the same sessions.
 
-    .venv/bin/python benchmarks/bench_serving.py [--seconds S] [--no-package]
+    .venv/bin/python benchmarks/bench_serving.py [--seconds S] [--no-package | --bento TAG]
 
 Uses the configured settings (embedded defaults unless DATABASE_URL etc. are set):
 packages the champion (build time, Bento size), starts both servers on loopback
 (ready time), then measures req/s and p50/p99 at concurrency 1, 8 and 32 with one
 session per request, and rows/s with batches of 1,000. Every loop is bounded by
 time and count; both servers are stopped at the end.
+
+Connections are opened the way a client's pool opens them: all at the same instant
+("pooled"). At c=8 and c=32 the same load also runs with clients connecting 10 ms
+apart ("staggered", as independent callers do), side by side in the same run: a
+server whose workers share one listening socket can let one worker accept a whole
+burst of connections and leave the other idle, which only the pooled case shows. The
+"per worker" column says how many connections each worker process held halfway
+through a level (the processes listening on the port, read with psutil).
+
+The Bento is served with FSP_API_KEY set to a key the benchmark makes up, and every
+request carries it (`Authorization: Bearer`): the authenticated path is measured.
 
 The two servers do not do the same work: `mlflow models serve` takes the model
 input already computed (13 columns) and returns probabilities; the Bento takes the
@@ -22,6 +33,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -41,9 +53,12 @@ BATCH_CONCURRENCY = 2
 MAX_REQUESTS_PER_LEVEL = 200_000
 READY_TIMEOUT_S = 120.0
 STAGGER_S = 0.01
-"""Clients connect 10 ms apart, as independent callers do. A burst of connects made in
-the same instant is accepted all at once by whichever worker wakes first (asyncio
-accepts the whole backlog), which would leave the other worker idle."""
+"""In the staggered case clients connect 10 ms apart, as independent callers do; in
+the pooled case all at the same instant, as a client's connection pool does."""
+POOL_COMPARED = (8, 32)
+"""Concurrencies measured both pooled and staggered."""
+API_KEY = secrets.token_urlsafe(24)
+"""FSP_API_KEY of the Bento this run starts; every request sends it."""
 BATCH_BODIES = 8
 """Distinct 1,000-row bodies cycled through (different tutors, students and slots)."""
 
@@ -112,7 +127,7 @@ def start(name: str, command: list[str], env: dict[str, str], port: int, ready_p
 def request_bytes(path: str, body: bytes) -> bytes:
     head = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
@@ -135,9 +150,8 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def _connection(port, requests, deadline, latencies, errors, counter, delay=0.0):
-    await asyncio.sleep(delay)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def _connection(stream, requests, deadline, done, errors, counter) -> None:
+    reader, writer = stream
     try:
         while time.perf_counter() < deadline and counter[0] < MAX_REQUESTS_PER_LEVEL:
             payload = requests[counter[0] % len(requests)]
@@ -145,31 +159,111 @@ async def _connection(port, requests, deadline, latencies, errors, counter, dela
             sent = time.perf_counter()
             writer.write(payload)
             status = await _read_response(reader)
-            latencies.append(time.perf_counter() - sent)
+            finished = time.perf_counter()
+            done.append((finished, finished - sent))
             if status != 200:
                 errors.append(status)
     finally:
         writer.close()
 
 
-async def _load(port: int, requests: list[bytes], concurrency: int, seconds: float):
-    latencies: list[float] = []
+async def _open(port: int, delay: float):
+    await asyncio.sleep(delay)
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+def worker_pids(root_pid: int, port: int) -> list[int]:
+    """The processes under `root_pid` that accept connections on `port`: those holding
+    a listening socket on it and starting no process of their own (a supervisor that
+    only holds the socket for its workers has children)."""
+    import psutil
+
+    found = []
+    for process in psutil.Process(root_pid).children(recursive=True):
+        try:
+            if process.children():
+                continue
+            sockets = process.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in sockets):
+            found.append(process.pid)
+    return sorted(found)
+
+
+def connections_per_worker(root_pid: int, port: int) -> list[int]:
+    """Established connections each worker holds on `port`, most first."""
+    import psutil
+
+    counts = []
+    for pid in worker_pids(root_pid, port):
+        try:
+            sockets = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        counts.append(
+            sum(1 for c in sockets if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port)
+        )
+    return sorted(counts, reverse=True)
+
+
+async def _load(
+    server: Server | None,
+    port: int,
+    requests: list[bytes],
+    concurrency: int,
+    seconds: float,
+    pooled: bool,
+):
+    """`concurrency` keep-alive connections, each sending its next request when the
+    last one is answered, for `seconds` after the last connection opened. Pooled: all
+    connections opened in the same instant; else 10 ms apart, each starting to send as
+    soon as it is open. Returns the (finish time, latency) of every request answered
+    after all connections were open, the errors, that window's length and how many
+    connections each worker held halfway through (when `server` is given)."""
+    done: list[tuple[float, float]] = []
     errors: list[int] = []
     counter = [0]
-    started = time.perf_counter()
-    deadline = started + seconds
-    await asyncio.gather(
-        *(
-            _connection(port, requests, deadline, latencies, errors, counter, i * STAGGER_S)
-            for i in range(concurrency)
+    spread: list[int] = []
+
+    async def sample(at: float) -> None:
+        if server is not None:
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            found = await asyncio.get_running_loop().run_in_executor(
+                None, connections_per_worker, server.process.pid, port
+            )
+            spread.extend(found)
+
+    if pooled:
+        streams = await asyncio.gather(*(_open(port, 0.0) for _ in range(concurrency)))
+        opened = time.perf_counter()
+        deadline = opened + seconds
+        tasks = [_connection(s, requests, deadline, done, errors, counter) for s in streams]
+        await asyncio.gather(sample(opened + seconds / 2), *tasks)
+    else:
+        started = time.perf_counter()
+        opened = started + (concurrency - 1) * STAGGER_S
+        deadline = opened + seconds
+
+        async def staggered(i: int) -> None:
+            stream = await _open(port, i * STAGGER_S)
+            await _connection(stream, requests, deadline, done, errors, counter)
+
+        await asyncio.gather(
+            sample(opened + seconds / 2), *(staggered(i) for i in range(concurrency))
         )
+    window = [latency for finished, latency in done if finished >= opened]
+    return window, errors, time.perf_counter() - opened, spread
+
+
+def measure(
+    server: Server, requests: list[bytes], concurrency: int, seconds: float, pooled: bool = True
+) -> dict:
+    warm = min(1.0, seconds)
+    asyncio.run(_load(None, server.port, requests[:50], concurrency, warm, pooled))
+    latencies, errors, elapsed, spread = asyncio.run(
+        _load(server, server.port, requests, concurrency, seconds, pooled)
     )
-    return latencies, errors, time.perf_counter() - started
-
-
-def measure(port: int, requests: list[bytes], concurrency: int, seconds: float) -> dict:
-    asyncio.run(_load(port, requests[:50], concurrency, min(1.0, seconds)))  # warm up
-    latencies, errors, elapsed = asyncio.run(_load(port, requests, concurrency, seconds))
     ms = np.array(latencies) * 1000
     return {
         "requests": len(latencies),
@@ -177,6 +271,7 @@ def measure(port: int, requests: list[bytes], concurrency: int, seconds: float) 
         "rps": len(latencies) / elapsed,
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
+        "per_worker": "+".join(str(n) for n in spread) or "?",
     }
 
 
@@ -234,14 +329,19 @@ def mlflow_payload(X) -> dict:
 
 
 def table(rows: list[tuple]) -> str:
-    header = ("server", "load", "requests", "errors", "req/s", "rows/s", "p50 ms", "p99 ms")
+    header = (
+        "server", "load", "connections", "per worker", "requests", "errors", "req/s",
+        "rows/s", "p50 ms", "p99 ms",
+    )  # fmt: skip
     lines = [" | ".join(header), " | ".join("---" for _ in header)]
-    for name, load, m, rows_per_request in rows:
+    for name, load, opened, m, rows_per_request in rows:
         lines.append(
             " | ".join(
                 [
                     name,
                     load,
+                    opened,
+                    m["per_worker"],
                     str(m["requests"]),
                     str(m["errors"]),
                     f"{m['rps']:.0f}",
@@ -258,6 +358,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="per load level")
     parser.add_argument("--no-package", action="store_true", help="serve the latest Bento")
+    parser.add_argument("--bento", help="serve this Bento (a tag in the store) as it is")
     args = parser.parse_args()
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -274,7 +375,12 @@ def main() -> int:
 
     settings = get_settings()
     home = bentoml_home(settings)
-    built = {"bento_tag": latest_bento(home)} if args.no_package else package_champion(settings)
+    if args.bento:
+        built = {"bento_tag": args.bento}
+    elif args.no_package:
+        built = {"bento_tag": latest_bento(home)}
+    else:
+        built = package_champion(settings)
     client = make_client(settings)
     version = alias_version(client, settings.model_name, CHAMPION_ALIAS)
     assert version is not None
@@ -302,6 +408,7 @@ def main() -> int:
     ]
 
     env = serving_env(settings, home)
+    bento_env = {**env, "FSP_API_KEY": API_KEY}
     bento_port, mlflow_port = free_port(), free_port()
     servers: list[Server] = []
     results = []
@@ -317,12 +424,13 @@ def main() -> int:
                 "--host",
                 "127.0.0.1",
             ],
-            env,
+            bento_env,
             bento_port,
             "/readyz",
         )
         servers.append(bento)
         mlflow_env = dict(env)
+        mlflow_env.pop("FSP_API_KEY", None)
         mlflow_env["MLFLOW_TRACKING_URI"] = settings.resolved_mlflow_uri
         # mlflow starts `uvicorn` through the shell: it must find this environment's
         mlflow_env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
@@ -353,26 +461,34 @@ def main() -> int:
         )
         for c in CONCURRENCY:
             for server, reqs in ((bento, single_bento), (mlflow_server, single_mlflow)):
-                m = measure(server.port, reqs, c, args.seconds)
-                results.append((server.name, f"1 session, c={c}", m, 1))
-                print(table([results[-1]]).splitlines()[-1], flush=True)
+                for pooled in (True, False) if c in POOL_COMPARED else (True,):
+                    m = measure(server, reqs, c, args.seconds, pooled)
+                    opened = "pooled" if pooled else "staggered"
+                    results.append((server.name, f"1 session, c={c}", opened, m, 1))
+                    print(table([results[-1]]).splitlines()[-1], flush=True)
         for server, reqs in ((bento, batch_bento), (mlflow_server, batch_mlflow)):
-            m = measure(server.port, reqs, BATCH_CONCURRENCY, args.seconds)
-            results.append(
-                (server.name, f"{BATCH_ROWS} rows, c={BATCH_CONCURRENCY}", m, BATCH_ROWS)
-            )
+            m = measure(server, reqs, BATCH_CONCURRENCY, args.seconds)
+            load = f"{BATCH_ROWS} rows, c={BATCH_CONCURRENCY}"
+            results.append((server.name, load, "pooled", m, BATCH_ROWS))
             print(table([results[-1]]).splitlines()[-1], flush=True)
     finally:
         for server in servers:
             server.stop()
     print()
     print(table(results))
-    by = {(name, load): m for name, load, m, _ in results}
+    by = {(name, load, opened): m for name, load, opened, m, _ in results}
     for c in CONCURRENCY:
-        ratio = (
-            by[("bento", f"1 session, c={c}")]["rps"] / by[("mlflow", f"1 session, c={c}")]["rps"]
-        )
-        print(f"Bento/mlflow throughput at c={c}: {ratio:.1f}x")
+        bento_rps = by[("bento", f"1 session, c={c}", "pooled")]["rps"]
+        mlflow_rps = by[("mlflow", f"1 session, c={c}", "pooled")]["rps"]
+        print(f"Bento/mlflow throughput at c={c} (pooled): {bento_rps / mlflow_rps:.1f}x")
+    for name in ("bento", "mlflow"):
+        for c in POOL_COMPARED:
+            pooled = by[(name, f"1 session, c={c}", "pooled")]["rps"]
+            staggered = by[(name, f"1 session, c={c}", "staggered")]["rps"]
+            print(
+                f"{name} pooled/staggered throughput at c={c}: {pooled:.0f} / {staggered:.0f}"
+                f" req/s = {pooled / staggered:.0%}"
+            )
     return 0
 
 

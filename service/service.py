@@ -44,6 +44,7 @@ from service.config import (
     UNTRACED_PATHS,
     WORKERS,
 )
+from service.reuseport import listen_on_own_socket
 from service.schemas import (
     ModelInfo,
     PredictionResponse,
@@ -406,6 +407,12 @@ class FirstSessionRisk:
 
     def __is_ready__(self) -> bool:
         return self.keeper.ready
+
+    @bentoml.on_startup
+    def own_listener(self) -> None:
+        """Each worker listens on a socket of its own, so the connections a client's
+        pool opens at once are spread over the workers (see service.reuseport)."""
+        listen_on_own_socket()
 
     @bentoml.on_shutdown
     def close(self) -> None:
