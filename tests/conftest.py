@@ -71,13 +71,21 @@ def empty_db(server_url: str) -> Iterator[str]:
     drop_database(server_url, url)
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
-    """One Prefect test API for the whole session (starting one costs seconds)."""
+    """One Prefect test API for the whole session (starting one costs seconds), for the
+    tests that need services only: the pure tests never pay for it."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test marked `services` runs inside the session's Prefect harness."""
+    for item in items:
+        if item.get_closest_marker("services") is not None:
+            item.fixturenames.insert(0, "prefect_harness")
 
 
 def configure_env(mp: pytest.MonkeyPatch, database_url: str, state_dir: Path) -> None:

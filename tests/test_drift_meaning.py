@@ -47,8 +47,8 @@ def test_bootstrap_interval_holds_the_estimate_and_narrows_with_more_sessions() 
     for n in (200, 2000):
         y = (rng.random(n) < 0.2).astype(int)
         p = np.clip(0.2 + 0.2 * (y - 0.2) + rng.normal(0, 0.15, n), 0, 1)
-        low, high = bootstrap_auc_interval(y, p, 500)
-        check = live_check(y, p, 0.9, 0.02, 0.6, 500)
+        low, high = bootstrap_auc_interval(y, p, 200)
+        check = live_check(y, p, 0.9, 0.02, 0.6, 200)
         assert low <= check.live_auc <= high  # type: ignore[operator]
         widths.append(high - low)
     assert widths[1] < widths[0] / 2
@@ -70,7 +70,7 @@ def test_the_trigger_is_relative_to_the_champions_own_holdout_auc(
     rng = np.random.default_rng(5)
     y = (rng.random(1500) < 0.2).astype(int)
     p = 1 / (1 + np.exp(-(signal * 3.0 * (y - 0.5) + rng.normal(0, 1, len(y)))))
-    check = live_check(y, p, champion_auc, 0.02, 0.6, 400)
+    check = live_check(y, p, champion_auc, 0.02, 0.6, 200)
     assert check.retrain is retrain, (why, check)
     assert check.as_dict()["interval"][0] <= check.live_auc
 

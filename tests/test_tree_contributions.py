@@ -37,7 +37,7 @@ def _fitted(name: str, X: pd.DataFrame, y: np.ndarray):
 
 @pytest.mark.parametrize("name", [*(c.name for c in CANDIDATES), "log_odds_blend"])
 def test_contributions_sum_to_the_calibrated_log_odds(name) -> None:
-    X, y = _raw_input(3000, 0)
+    X, y = _raw_input(1500, 0)
     model = ScoringModel(model=_fitted(name, X, y), version="1", threshold=0.5)
     unseen = X.head(200).assign(subject=["Robotics"] * 200)
     for rows in (X.head(300), unseen):
