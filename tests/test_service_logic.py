@@ -416,8 +416,6 @@ def test_an_unseen_subject_is_scored_as_other_with_a_note(trained_world: dict, l
         "subject 'Robotics' was not seen in training (often enough); scored as 'other'"
     ]
     assert [a.risk_probability for a in answers] == [a.risk_probability for a in others]
-    body = [
-        {**r.model_dump(mode="json", exclude_none=True), "session_id": None} for r in unseen
-    ]
+    body = [{**r.model_dump(mode="json", exclude_none=True), "session_id": None} for r in unseen]
     batch = [json.loads(t) for t in logic.predict_batch_json(parse_batch(json.dumps(body)))]
     assert [b["notes"] for b in batch] == [a.notes for a in answers]
