@@ -18,6 +18,15 @@ API_PREFIX: Final = "/api/first-session"
 WORKERS: Final = 2
 """Server processes; each holds its own model copy, feature snapshot and pool."""
 
+REQUEST_TIMEOUT_SECONDS: Final = 10
+"""A request not answered within this many seconds answers 504 (BentoML's traffic
+timeout; every endpoint answers in milliseconds, a full batch stored in well under a
+second). Kept short because BentoML 1.4's timeout middleware schedules a timer per
+request and never cancels it: each request's timer and future stay in memory for this
+long, so a worker's memory grows by about (requests/s x timeout x ~0.6 KB) before it
+levels off; with BentoML's default of 60 s, ~30 MB per worker at 750 req/s, over a
+whole minute."""
+
 UNTRACED_PATHS: Final = ("/predict", "/rank_tutors")
 """Endpoints OpenTelemetry does not trace (a pattern matches /predict_batch too): the
 span bookkeeping costs about a sixth of a /predict on two cores, and no exporter is

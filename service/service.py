@@ -40,6 +40,7 @@ from service.config import (
     METRICS_PATHS,
     OTHER_ROUTE_LABEL,
     PUBLIC_PATHS,
+    REQUEST_TIMEOUT_SECONDS,
     SERVICE_NAME,
     UNTRACED_PATHS,
     WORKERS,
@@ -378,7 +379,7 @@ ARGS = bentoml.use_arguments(BentoArgs)
 @bentoml.service(
     name=SERVICE_NAME,
     workers=WORKERS,
-    traffic={"timeout": 60},
+    traffic={"timeout": REQUEST_TIMEOUT_SECONDS},
     tracing={"excluded_urls": list(UNTRACED_PATHS)},
     logging={"access": {"enabled": False}},
 )
