@@ -11,7 +11,7 @@ each as of its own start (what scoring before the session sees), and compare:
 - champion: the candidate `fsp train` would choose;
 - ceiling: the true probabilities (no model can rank better on these labels);
 - baseline: the reference logistic regression candidate (standardised features,
-  class-weighted, Platt-calibrated, no learned bins: the seed's baseline).
+  class-weighted, Platt-calibrated, no learned bins: the original baseline).
 
 Prints AUC, Brier score and expected calibration error (10 bins) per row, and
 the champion's gap to the ceiling. Goal: gap <= 0.03 everywhere, champion AUC

@@ -60,7 +60,7 @@ PLATFORM_SESSION = (
 )
 """The platform's first session of the prediction's own tutor. The alerts flow emails
 only sessions the platform holds as scheduled first sessions starting after `now`
-(contract section 4), whatever rows fsp holds."""
+(README.md, "What the API may write"), whatever rows fsp holds."""
 
 STILL_SCHEDULED = (
     "s.status = 'scheduled' AND s.scheduled_start > %(now)s AND s.scheduled_start < %(latest)s"

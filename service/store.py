@@ -14,7 +14,7 @@ from training.predictions import STORED_COLUMNS, prediction_rows, stage_incoming
 
 LEVELS = tuple(name for name, _ in RISK_BANDS)
 HIGH_RISK_LEVELS = LEVELS[LEVELS.index("HIGH") :]
-"""Bands counted as high risk in the summary (the seed's HIGH and CRITICAL)."""
+"""Bands counted as high risk in the summary (HIGH and CRITICAL)."""
 
 
 _KEPT = ", ".join(f"s.{c}" if c == "student_id" else f"i.{c}" for c in STORED_COLUMNS)
@@ -30,7 +30,7 @@ WHERE s.is_first_session AND s.status = 'scheduled'
 ON CONFLICT (session_id) DO NOTHING
 RETURNING session_id, prediction_id::text
 """
-"""What the API may write (contract section 4): a prediction of a session the platform
+"""What the API may write: a prediction of a session the platform
 holds as a scheduled first session of the same tutor, subject, start (and student, when
 the request names one); never over an existing prediction (the scoring flow's or an
 earlier request's). The student stored is the platform's."""

@@ -23,7 +23,7 @@ RISK_BANDS: Final[tuple[tuple[str, float], ...]] = (
 so the bands mean the same thing for every model version."""
 
 PRECISION_TARGET: Final = 0.60
-"""The seed's alert precision target: choose the alert threshold to reach it."""
+"""The alert precision target: choose the alert threshold to reach it."""
 
 
 def risk_level(probability: float) -> str:

@@ -2,7 +2,7 @@
 
 A session's features are computed *as of* a moment `t` (its start for a training
 example, `now` for an upcoming session) from rows that existed strictly before
-`t` (contract section 1). Every event carries the time it became known:
+`t`. Every event carries the time it became known:
 
 | event                         | known at                          |
 | ----------------------------- | --------------------------------- |

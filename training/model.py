@@ -154,7 +154,7 @@ def choose_threshold(
     y: np.ndarray, p: np.ndarray, target: float = PRECISION_TARGET, min_alerts: int = 10
 ) -> tuple[float, str]:
     """The lowest threshold whose holdout precision reaches `target` with at least
-    `min_alerts` alerts (most recall at the seed's precision); else the F1-best one.
+    `min_alerts` alerts (most recall at the precision target); else the F1-best one.
     Returns (threshold, rule) with rule 'precision>=0.60' or 'f1_best'."""
     precision, recall, thresholds = precision_recall_curve(y, p)
     precision, recall = precision[:-1], recall[:-1]

@@ -1,5 +1,5 @@
 """What outcomes say about the alerts: the poor-session rate of alerted vs holdout
-high-risk sessions (the seed's A/B idea), shared by the monitor flow and the API."""
+high-risk sessions (an A/B comparison: does an email help?), shared by the monitor flow and the API."""
 
 from __future__ import annotations
 

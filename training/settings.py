@@ -15,7 +15,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Settings(BaseSettings):
-    """Configuration of every role (contract section 3). Unset services fall back to
+    """Configuration of every role (the environment variables in README.md, "Configuration"). Unset services fall back to
     embedded ones kept under `state_dir`."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     demo_tutors: int = Field(default=1000, ge=50, le=100_000, alias="FSP_DEMO_TUTORS")
     monitor_min_drift_rows: int = Field(default=200, ge=1, alias="FSP_MONITOR_MIN_DRIFT_ROWS")
 
-    # The predict API's access (contract section 4, "Access"): one or more keys,
+    # The predict API's access (README.md, "Access"): one or more keys,
     # comma-separated, each accepted as `Authorization: Bearer <key>`. Unset: no key
     # is asked for (a laptop on loopback). A secret: never printed, logged or echoed.
     api_key: SecretStr | None = Field(default=None, alias="FSP_API_KEY")
