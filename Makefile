@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help install demo test test-fast lint format typecheck check bench clean
+.PHONY: help install demo test test-fast fuzz lint format typecheck check bench clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ test: install ## run the whole test suite against real services
 
 test-fast: install ## only the pure-logic tests (no services)
 	$(BIN)/pytest -q -m "not services"
+
+fuzz: install ## schemathesis against both OpenAPI documents of a served Bento (also in `make test`)
+	$(BIN)/pytest -q -s tests/test_fuzz.py
 
 lint: install ## ruff lint + format check
 	$(BIN)/ruff check .

@@ -15,6 +15,8 @@ import json
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Query
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, Field
 
@@ -54,6 +56,7 @@ UNAUTHORIZED = _response("FSP_API_KEY is set and no valid 'Authorization: Bearer
 TOO_LARGE = _response("the body is larger than the service accepts (MAX_BODY_BYTES)")
 UNAVAILABLE = _response("database unavailable (or the service is starting)")
 UNKNOWN = _response("no such tutor")
+INVALID = _response("a query or path parameter is wrong (named in detail)", ValidationErrorBody)
 
 Days = Annotated[int, Query(ge=1, le=READ_DAYS_MAX, description="window in days, up to now")]
 Now = Annotated[
@@ -82,6 +85,27 @@ def error_response(exc: FspError, status: int | None = None) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=status or status_of(exc))
 
 
+def validation_message(errors: list[dict[str, Any]]) -> str:
+    """One line naming each wrong field and why (the first few), e.g.
+    "1 validation error: query.now: must be an ISO 8601 date and time ..."."""
+    parts = []
+    for error in errors[:3]:
+        where = ".".join(str(part) for part in error.get("loc", ())) or "request"
+        why = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {why}")
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    noun = "error" if len(errors) == 1 else "errors"
+    return f"{len(errors)} validation {noun}: " + "; ".join(parts) + more
+
+
+async def _invalid_request(_: Any, exc: RequestValidationError) -> JSONResponse:
+    """422 like every other refusal: {"error": what is wrong, "detail": pydantic's errors}
+    (FastAPI's own answer has no "error")."""
+    errors = list(exc.errors())
+    body = {"error": validation_message(errors), "detail": jsonable_encoder(errors)}
+    return JSONResponse(body, status_code=422)
+
+
 def _service() -> Any:
     import bentoml
     from bentoml.exceptions import BentoMLException
@@ -95,8 +119,9 @@ def _service() -> Any:
 read_app = FastAPI(
     title="First-session risk: read endpoints",
     description="Stored predictions, outcomes and evaluations (the seed's operations views).",
-    responses={401: UNAUTHORIZED, 413: TOO_LARGE, 503: UNAVAILABLE},
+    responses={401: UNAUTHORIZED, 413: TOO_LARGE, 422: INVALID, 503: UNAVAILABLE},
 )
+read_app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
 
 
 @read_app.exception_handler(FspError)
@@ -132,6 +157,7 @@ def summary(days: Days = 30, now: Now = None) -> dict[str, Any]:
 
 
 meta_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, responses={401: UNAUTHORIZED})
+meta_app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
 
 
 @meta_app.exception_handler(FspError)

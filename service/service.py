@@ -16,10 +16,12 @@ so a Bento never changes its model.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import re
 from datetime import UTC, datetime
 from functools import partial
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +173,92 @@ class RestorePath:
             scope = {**scope, "path": scope[_REAL_PATH], _NO_ROUTE: label == OTHER_ROUTE_LABEL}
             del scope[_REAL_PATH]
         await self.app(scope, receive, send)
+
+
+MAX_REFUSAL_TEXT = 300
+"""Longest plain-text refusal carried over into {"error": ...} by `JsonRefusals`."""
+
+
+def _refusal_message(status: int, body: bytes) -> tuple[str, Any]:
+    """What a refusal body says, as (message, pydantic's detail list or None): the body's
+    own "error", else its "detail" (FastAPI's form), else its text, else the status's
+    reason phrase."""
+    from service.api import validation_message
+
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        parsed = json.loads(text) if text else None
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        detail = parsed.get("detail")
+        if isinstance(detail, list):
+            return validation_message([d for d in detail if isinstance(d, dict)]), detail
+        if isinstance(detail, str) and detail.strip():
+            return detail.strip(), None
+    if text and parsed is None:
+        return text[:MAX_REFUSAL_TEXT], None
+    return HTTPStatus(status).phrase, None
+
+
+class JsonRefusals:
+    """ASGI middleware: every 4xx answers a JSON object whose "error" says what was wrong.
+    The service's own refusals already do; Starlette's routers answer some themselves
+    (405 Method Not Allowed in plain text, FastAPI's {"detail": ...}): those are
+    rewritten, keeping their status and headers (Allow, WWW-Authenticate). Only 4xx
+    bodies are held (they are small); every other answer streams through untouched."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: dict[str, Any] = {}
+
+        async def send_json_refusal(message: Any) -> None:
+            if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+                held["start"], held["chunks"] = message, []
+                return
+            if "start" not in held or message["type"] != "http.response.body":
+                await send(message)
+                return
+            held["chunks"].append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            start, body = held.pop("start"), b"".join(held.pop("chunks"))
+            if not _says_why(body):
+                status = start["status"]
+                error, detail = _refusal_message(status, body)
+                answer: dict[str, Any] = {"error": error}
+                if detail is not None:
+                    answer["detail"] = detail
+                body = json.dumps(answer).encode()
+                kept = [
+                    (k, v)
+                    for k, v in start.get("headers", [])
+                    if k.lower() not in (b"content-length", b"content-type")
+                ]
+                kept += [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
+                start = {**start, "headers": kept}
+            await send(start)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+
+        await self.app(scope, receive, send_json_refusal)
+
+
+def _says_why(body: bytes) -> bool:
+    """A JSON object with a non-empty "error" text."""
+    try:
+        parsed = json.loads(body) if body else None
+    except ValueError:
+        return False
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    return isinstance(error, str) and bool(error.strip())
 
 
 class AccessGuard:
@@ -487,7 +575,14 @@ class FirstSessionRisk:
             return error_response(exc, 400 if not isinstance(exc, DatabaseUnavailable) else None)  # type: ignore[return-value]
 
 
-for _middleware in (RestorePath, AccessGuard, BodyLimit, OpenAPIDocument, DatabaseGate):
+for _middleware in (
+    RestorePath,
+    JsonRefusals,
+    AccessGuard,
+    BodyLimit,
+    OpenAPIDocument,
+    DatabaseGate,
+):
     FirstSessionRisk.add_asgi_middleware(_middleware)  # type: ignore[attr-defined]
 
 
