@@ -9,7 +9,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 from flows.common import parse_moment
@@ -54,41 +55,80 @@ def _prepare_environment(settings: Settings) -> None:
     # worker flushing at exit) stays in the flow-run logs unless it is an error.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # An unreachable tracking server should fail in seconds, not after minutes of retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # An unreachable or silent tracking server fails in seconds, not after minutes of
+    # retries: training.registry.MLFLOW_HTTP_DEFAULTS, applied when a client is made.
+
+
+def _store_failure(exc: BaseException) -> FspError | None:
+    """The one-line error for an MLflow failure that no registry function translated
+    (e.g. a flow's own MLflow call); None for anything else."""
+    if "training.registry" not in sys.modules:  # no MLflow in this command
+        return None
+    from training.registry import mlflow_failure
+
+    return mlflow_failure(exc, get_settings().resolved_mlflow_uri)
+
+
+def _expected(exc: BaseException) -> bool:
+    return isinstance(exc, FspError) or _store_failure(exc) is not None
+
+
+def _descendants(cls: type[Exception]) -> Iterator[type[Exception]]:
+    sub: type[Exception]
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _descendants(sub)
+
+
+def _expected_name() -> re.Pattern[str]:
+    """The names of the expected failures (computed when asked: commands import some)."""
+    names = {cls.__name__ for cls in _descendants(FspError)} | {"MlflowException"}
+    return re.compile(r"\b(" + "|".join(sorted(names)) + r")\b")
 
 
 class _HideExpectedTracebacks(logging.Filter):
-    """Drop the traceback Prefect logs for an expected failure; the CLI prints its reason."""
+    """Drop the traceback Prefect or MLflow logs for an expected failure; the CLI prints
+    its reason in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, FspError):
+        if exc is not None and _expected(exc):
             return False
         # "Finished in state Failed(... NotEnoughData: ...)" carries no exc_info, only the name.
-        return not (record.levelno >= logging.ERROR and _EXPECTED_NAME.search(record.getMessage()))
+        return not (
+            record.levelno >= logging.ERROR and _expected_name().search(record.getMessage())
+        )
 
 
-_EXPECTED_NAME = re.compile(
-    r"\b(" + "|".join(cls.__name__ for cls in FspError.__subclasses__()) + r")\b"
-)
+def _filter_handlers(prefixes: tuple[str, ...]) -> None:
+    """Put the filter on every handler of the root logger and of the named families."""
+    loggers = [logging.getLogger()] + [
+        logging.getLogger(name)
+        for name in list(logging.root.manager.loggerDict)
+        if name.startswith(prefixes)
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, _HideExpectedTracebacks) for f in handler.filters):
+                handler.addFilter(_HideExpectedTracebacks())
 
 
 def _quiet_expected_failures() -> None:
     """Filter every handler Prefect configured (it does so when first imported)."""
     import prefect.main  # noqa: F401  (configures Prefect's logging handlers)
 
-    loggers = [logging.getLogger()] + [
-        logging.getLogger(name)
-        for name in logging.root.manager.loggerDict
-        if name.startswith("prefect")
-    ]
-    for logger in loggers:
-        for handler in logger.handlers:
-            handler.addFilter(_HideExpectedTracebacks())
+    _filter_handlers(("prefect",))
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _quiet_store_failures() -> None:
+    """MLflow logs a traceback of its own for some store failures (a locked or damaged
+    SQLite file) and urllib3 a warning per HTTP retry: the CLI's one line says it all."""
+    import training.registry  # noqa: F401  (imports MLflow, which configures its logger)
+
+    _filter_handlers(("mlflow",))
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 def _print(result: Any) -> None:
@@ -147,8 +187,19 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_package(args: argparse.Namespace, settings: Settings) -> None:
     from service.packaging import package_champion
+    from training.errors import ModelStoreBroken
+    from training.registry import aliased_version, make_client, missing_artifacts
 
-    _print(package_champion(settings))
+    try:
+        _print(package_champion(settings))
+    except ModelStoreBroken as exc:
+        # Packaging loads a downloaded copy: name the champion whose files are gone.
+        client = make_client(settings)
+        champion = aliased_version(client, settings.model_name)
+        named = missing_artifacts(client, settings.model_name, champion.version)
+        if named is None:
+            raise
+        raise named from exc
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
@@ -189,6 +240,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
 
 Command = Callable[[argparse.Namespace, Settings], None]
 FLOW_COMMANDS = frozenset({"train", "score", "alerts", "reconcile", "monitor", "demo"})
+MLFLOW_COMMANDS = frozenset({"train", "promote", "models", "package", "score", "monitor", "demo"})
+STORE_CREATORS = frozenset({"train", "demo"})
+"""The only commands that may create a local MLflow store; the others refuse a missing one."""
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -270,14 +324,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run, and turn an expected failure into one line on stderr and exit 1."""
     args = _parser().parse_args(argv)
     try:
-        settings = get_settings()
-        _prepare_environment(settings)
-        if args.command in FLOW_COMMANDS:
-            _quiet_expected_failures()
-        run: Command = args.run
-        run(args, settings)
+        with ExitStack() as stack:
+            settings = get_settings()
+            _prepare_environment(settings)
+            if args.command in FLOW_COMMANDS:
+                _quiet_expected_failures()
+            if args.command in MLFLOW_COMMANDS:
+                _quiet_store_failures()
+                if args.command not in STORE_CREATORS:
+                    from training.registry import existing_store_only
+
+                    stack.enter_context(existing_store_only())
+            run: Command = args.run
+            run(args, settings)
     except FspError as exc:
         print(f"fsp {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        failure = _store_failure(exc)
+        if failure is None:
+            raise
+        print(f"fsp {args.command}: {failure}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"fsp {args.command}: interrupted", file=sys.stderr)

@@ -18,7 +18,18 @@ class DatabaseUnavailable(FspError):
 
 
 class RegistryUnavailable(FspError):
-    """The MLflow store cannot be reached or used."""
+    """The MLflow store cannot be reached (a server down or silent, a locked SQLite file):
+    a fault that may pass, so the flows' tasks retry it."""
+
+
+class ModelStoreBroken(FspError):
+    """The MLflow store answers but cannot be used: a file that is not an MLflow database,
+    a model whose artifacts are missing or unreadable. Trying again cannot change it."""
+
+
+class NoModelStore(FspError):
+    """The configured local MLflow store (a SQLite file, a folder) does not exist, and this
+    command only uses a store: it never creates an empty one on a mistyped path."""
 
 
 class NotEnoughData(FspError):
