@@ -21,6 +21,7 @@ import pytest
 import requests
 import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from tests.conftest import DEMO_NOW
 from tests.test_cli_training import FSP, _prefect_api
@@ -248,7 +249,7 @@ def test_store_failures_are_typed_one_line_and_secret_free():
             RegistryUnavailable,
             "locked",
         ),
-        MlflowException("No such artifact: 'MLmodel'", error_code="RESOURCE_DOES_NOT_EXIST"): (
+        MlflowException("No such artifact: 'MLmodel'", error_code=RESOURCE_DOES_NOT_EXIST): (
             ModelStoreBroken,
             "No such artifact",
         ),
