@@ -37,8 +37,8 @@ from training.settings import PROJECT_ROOT, Settings
 
 PIP_REQUIREMENTS = (
     "scikit-learn==1.9.1",
-    "pandas<3",
-    "numpy>=2.4,<2.5",
+    "pandas==2.3.3",
+    "numpy==2.4.6",
     "skops==0.16.0",
 )
 
