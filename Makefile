@@ -43,7 +43,7 @@ format: install ## apply ruff formatting and safe fixes
 	$(BIN)/ruff check --fix .
 
 typecheck: install ## mypy
-	$(BIN)/mypy service training flows
+	$(BIN)/mypy fsp training monitoring alerting service flows
 
 check: lint typecheck ## lint and types
 
@@ -51,5 +51,5 @@ bench: install ## run every benchmark and print its figures
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean: ## remove local state (embedded PostgreSQL, MLflow store, outbox, Bento store)
-	-$(BIN)/python -c "from training.db import stop_embedded; stop_embedded()"
+	-$(BIN)/python -c "from fsp.db import stop_embedded; stop_embedded()"
 	rm -rf .fsp/pg .fsp/mlflow.db .fsp/mlartifacts .fsp/outbox .fsp/bentoml .fsp/prefect .fsp/reports

@@ -28,7 +28,7 @@ def _server_url() -> str:
     if os.environ.get("DATABASE_URL"):
         return os.environ["DATABASE_URL"]
     sys.path.insert(0, str(ROOT))
-    from training.db import _embedded_url
+    from fsp.db import _embedded_url
 
     return _embedded_url(ROOT / ".fsp" / "bench-pg")
 

@@ -14,9 +14,9 @@ from contextlib import ExitStack
 from typing import Any
 
 from flows.common import parse_moment
-from training.constants import MONITOR_WINDOW_DAYS
-from training.errors import FspError, InvalidInput
-from training.settings import Settings, get_settings
+from fsp.constants import MONITOR_WINDOW_DAYS
+from fsp.errors import FspError, InvalidInput
+from fsp.settings import Settings, get_settings
 
 # Background services a one-shot ephemeral Prefect API does not need; skipping them
 # halves its start-up (measured: 25 s → 12.7 s on a loaded 2-core machine).
@@ -57,15 +57,15 @@ def _prepare_environment(settings: Settings) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # An unreachable or silent tracking server fails in seconds, not after minutes of
-    # retries: training.registry.MLFLOW_HTTP_DEFAULTS, applied when a client is made.
+    # retries: fsp.model_store.MLFLOW_HTTP_DEFAULTS, applied when a client is made.
 
 
 def _store_failure(exc: BaseException) -> FspError | None:
     """The one-line error for an MLflow failure that no registry function translated
     (e.g. a flow's own MLflow call); None for anything else."""
-    if "training.registry" not in sys.modules:  # no MLflow in this command
+    if "fsp.model_store" not in sys.modules:  # no MLflow in this command
         return None
-    from training.registry import mlflow_failure
+    from fsp.model_store import mlflow_failure
 
     return mlflow_failure(exc, get_settings().resolved_mlflow_uri)
 
@@ -125,7 +125,7 @@ def _quiet_expected_failures() -> None:
 def _quiet_store_failures() -> None:
     """MLflow logs a traceback of its own for some store failures (a locked or damaged
     SQLite file) and urllib3 a warning per HTTP retry: the CLI's one line says it all."""
-    import training.registry  # noqa: F401  (imports MLflow, which configures its logger)
+    import fsp.model_store  # noqa: F401  (imports MLflow, which configures its logger)
 
     _filter_handlers(("mlflow",))
     logging.getLogger("urllib3").setLevel(logging.ERROR)
@@ -136,7 +136,7 @@ def _print(result: Any) -> None:
 
 
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> None:
-    from training.db import connection, upgrade
+    from fsp.db import connection, upgrade
 
     with connection(settings) as conn:
         applied = upgrade(conn)
@@ -144,8 +144,8 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> None:
-    from training import demo_data
-    from training.db import connection
+    from fsp import demo_data
+    from fsp.db import connection
 
     spec = demo_data.DemoSpec(
         tutors=args.tutors,
@@ -168,7 +168,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
-    from training.registry import make_client, promote
+    from fsp.model_store import make_client
+    from training.registry import promote
 
     if not args.version.isdigit():
         raise InvalidInput(f"VERSION must be a registered version number, got {args.version!r}")
@@ -180,15 +181,16 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> None:
-    from training.registry import list_versions, make_client
+    from fsp.model_store import make_client
+    from training.registry import list_versions
 
     _print(list_versions(make_client(settings), settings.model_name))
 
 
 def cmd_package(args: argparse.Namespace, settings: Settings) -> None:
+    from fsp.errors import ModelStoreBroken
+    from fsp.model_store import aliased_version, make_client, missing_artifacts
     from service.packaging import package_champion
-    from training.errors import ModelStoreBroken
-    from training.registry import aliased_version, make_client, missing_artifacts
 
     try:
         _print(package_champion(settings))
@@ -268,7 +270,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--now", default=None, help="ISO 8601 with offset (default: the clock)")
     demo.add_argument(
         "--platform",
-        choices=("default", "international"),  # training.demo_data.PLATFORMS (not imported here)
+        choices=("default", "international"),  # fsp.demo_data.PLATFORMS (not imported here)
         default="default",
         help="which platform's look: subjects, time zones, id shapes",
     )
@@ -332,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command in MLFLOW_COMMANDS:
                 _quiet_store_failures()
                 if args.command not in STORE_CREATORS:
-                    from training.registry import existing_store_only
+                    from fsp.model_store import existing_store_only
 
                     stack.enter_context(existing_store_only())
             run: Command = args.run

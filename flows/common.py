@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from training.errors import InvalidInput
+from fsp.errors import InvalidInput
 
 
 def parse_moment(value: str | datetime | None, name: str = "--now") -> datetime:

@@ -18,10 +18,10 @@ import numpy as np
 import psycopg
 from scipy.special import expit, logit
 
-from training.constants import MONITOR_WINDOW_DAYS
-from training.db import connection, ensure_platform_schema, platform_is_empty, upgrade
-from training.errors import PlatformNotEmpty
-from training.settings import Settings
+from fsp.constants import MONITOR_WINDOW_DAYS
+from fsp.db import connection, ensure_platform_schema, platform_is_empty, upgrade
+from fsp.errors import PlatformNotEmpty
+from fsp.settings import Settings
 
 DEMO_DAYS: Final = 120
 DEMO_SEED: Final = 7
@@ -56,7 +56,7 @@ def data_now(conn: psycopg.Connection) -> datetime:
 
 def ensure_demo_platform(conn: psycopg.Connection, tutors: int) -> tuple[datetime, bool]:
     """Fill an empty platform with demo data; return (the data's now, generated?)."""
-    from training import demo_data
+    from fsp import demo_data
 
     upgrade(conn)
     ensure_platform_schema(conn)
@@ -144,8 +144,8 @@ def simulate_platform_outcomes(
 def ensure_champion(settings: Settings, now: datetime) -> dict[str, Any]:
     """Train as of the data's now unless a champion already exists (a rerun is quick)."""
     from flows.train import train_flow
-    from training.constants import CHAMPION_ALIAS
-    from training.registry import alias_version, make_client
+    from fsp.constants import CHAMPION_ALIAS
+    from fsp.model_store import alias_version, make_client
 
     champion = alias_version(make_client(settings), settings.model_name, CHAMPION_ALIAS)
     if champion is not None:

@@ -9,10 +9,10 @@ and a retrain when either warrants it.
    as a metric) and indexed in fsp.monitoring_reports (scores in fsp.drift_scores):
    data drift between the last `window` days of the champion's training data
    (rebuilt point-in-time from its `cutoff` tag) and the stored features of the
-   sessions scored in the window, compared as `flows.drift.drift_view` says;
+   sessions scored in the window, compared as `monitoring.drift.drift_view` says;
    classification quality where labels exist;
 3. when the champion's live AUC is significantly below its own holdout AUC (the
-   whole bootstrap interval under it minus a tolerance, `training.live_check`) or
+   whole bootstrap interval under it minus a tolerance, `monitoring.live_check`) or
    below the floor, or the drifted share of compared features exceeds the
    configured share: an event `fsp.model.retrain-requested`
    (a prefect.yaml trigger turns it into a training run) and, when run from
@@ -37,7 +37,20 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import parse_moment
-from flows.drift import (
+from flows.retrying import RETRYING
+from fsp.constants import (
+    CHAMPION_ALIAS,
+    EARLIEST_START,
+    LATEST_START,
+    MONITOR_WINDOW_DAYS,
+)
+from fsp.db import connection
+from fsp.errors import InvalidInput, NotEnoughData
+from fsp.features import read_frame
+from fsp.model_store import aliased_version, make_client
+from fsp.outcomes import holdout_comparison
+from fsp.settings import Settings, get_settings
+from monitoring.drift import (
     ReportResult,
     classification_report,
     drift_report,
@@ -45,22 +58,10 @@ from flows.drift import (
     sample_reference,
     save_report,
 )
-from flows.outcomes import holdout_comparison
-from flows.retrying import RETRYING
-from training.constants import (
-    CHAMPION_ALIAS,
-    EARLIEST_START,
-    LATEST_START,
-    MONITOR_WINDOW_DAYS,
-)
+from monitoring.live_check import live_check
 from training.dataset import build_training_set
-from training.db import connection
-from training.errors import InvalidInput, NotEnoughData
-from training.features import read_frame
-from training.live_check import live_check
 from training.model import evaluate
-from training.registry import aliased_version, ensure_experiment, make_client
-from training.settings import Settings, get_settings
+from training.registry import ensure_experiment
 
 RETRAIN_EVENT: Final = "fsp.model.retrain-requested"
 DEFAULT_WINDOW_DAYS: Final = MONITOR_WINDOW_DAYS

@@ -11,10 +11,10 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import parse_moment
-from flows.outcomes import reconcile
 from flows.retrying import RETRYING
-from training.db import connection
-from training.settings import Settings, get_settings
+from fsp.db import connection
+from fsp.outcomes import reconcile
+from fsp.settings import Settings, get_settings
 
 
 @task(cache_policy=NO_CACHE, **RETRYING)

@@ -11,7 +11,7 @@ from typing import Any
 from prefect import flow
 
 from flows.common import parse_moment
-from training.settings import get_settings
+from fsp.settings import get_settings
 
 
 @flow(name="fsp-retrain", log_prints=True)

@@ -19,19 +19,19 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import parse_moment
 from flows.retrying import RETRYING
-from training.db import connection
-from training.errors import InvalidInput
-from training.features import TutorHistory, load_history
-from training.platform_rows import check_sessions
-from training.predictions import (
+from fsp.db import connection
+from fsp.errors import InvalidInput
+from fsp.features import TutorHistory, load_history
+from fsp.model_store import make_client
+from fsp.platform_rows import check_sessions
+from fsp.predictions import (
     model_input_as_of,
     prediction_rows,
     upcoming_sessions,
     upsert_predictions,
 )
-from training.registry import make_client
-from training.scoring import ScoringModel, load_scoring_model, score
-from training.settings import Settings, get_settings
+from fsp.scoring import ScoringModel, load_scoring_model, score
+from fsp.settings import Settings, get_settings
 
 DEFAULT_LOOKAHEAD_HOURS: Final = 24.0
 MAX_LOOKAHEAD_HOURS: Final = 24.0 * 31
@@ -54,7 +54,7 @@ def validate_lookahead(hours: Any) -> float:
 @dataclass(frozen=True)
 class Upcoming:
     """The sessions to score, the tutor history as it stood at `now`, and the platform
-    rows set aside as unscorable (reason → count; see training.platform_rows)."""
+    rows set aside as unscorable (reason → count; see fsp.platform_rows)."""
 
     sessions: pd.DataFrame
     history: TutorHistory | None

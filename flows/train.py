@@ -11,12 +11,13 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import parse_moment
+from fsp.db import connection
+from fsp.model_store import make_client
+from fsp.settings import Settings, get_settings
 from training import train as steps
 from training.dataset import TrainingSet, build_training_set
-from training.db import connection
 from training.model import CANDIDATES
-from training.registry import make_client, run_gate
-from training.settings import Settings, get_settings
+from training.registry import run_gate
 
 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)

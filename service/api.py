@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, Field
 
+from fsp.errors import DatabaseUnavailable, FspError, UnknownTutor
 from service.config import LOOKAHEAD_HOURS_MAX, MAX_BATCH_SIZE, MAX_TEXT_LENGTH, READ_DAYS_MAX
 from service.schemas import (
     ModelInfo,
@@ -30,7 +31,6 @@ from service.schemas import (
     SessionRequest,
     _printable,
 )
-from training.errors import DatabaseUnavailable, FspError, UnknownTutor
 
 
 class ErrorBody(BaseModel):

@@ -4,12 +4,12 @@ Why: calling the logged sklearn pipeline costs ~2 ms per call whatever the row
 count (DataFrame checks, ColumnTransformer-like overhead), the same arithmetic in
 numpy a few microseconds. For a calibrated logistic regression the whole model is
 `expit(-(a * (((encode(x) - mean) / scale) @ w + c) + b))`, so packaging extracts
-those parameters (with the encoding layout from `training.encoding`) into a small
+those parameters (with the encoding layout from `fsp.encoding`) into a small
 JSON file in the Bento model, and the server evaluates them directly. The tests
 check that the fast path equals `ScoringModel.probabilities` and
 `ScoringModel.contributions` on every holdout row to 1e-9; packaging refuses to
 build when it does not on its probe rows. Any other model family is served through
-`training.scoring.ScoringModel` itself (exact, slower).
+`fsp.scoring.ScoringModel` itself (exact, slower).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 
-from training.constants import RISK_BANDS, risk_level, risk_score
-from training.encoding import NUMERIC_INPUTS, encode_numeric, subject_notes
-from training.features import FACTOR_LABELS, MODEL_INPUT_COLUMNS, TUTOR_HISTORY_COLUMNS
+from fsp.constants import RISK_BANDS, risk_level, risk_score
+from fsp.encoding import NUMERIC_INPUTS, encode_numeric, subject_notes
+from fsp.features import FACTOR_LABELS, MODEL_INPUT_COLUMNS, TUTOR_HISTORY_COLUMNS
 
 if TYPE_CHECKING:
-    from training.scoring import ScoringModel
+    from fsp.scoring import ScoringModel
 
 NUMERIC_COLUMNS: tuple[str, ...] = NUMERIC_INPUTS
 """Model input without `subject`, in MODEL_INPUT_COLUMNS order."""
@@ -83,7 +83,7 @@ class LinearParams:
     @classmethod
     def from_scoring_model(cls, model: ScoringModel) -> LinearParams:
         """Read the fitted parameters (packaging time: sklearn is loaded there anyway)."""
-        from training.scoring import TOP_FACTORS, grouping
+        from fsp.scoring import TOP_FACTORS, grouping
 
         if not model.is_linear:
             raise ValueError("the fast path exists only for a linear model with Platt scaling")
@@ -159,7 +159,7 @@ class Scorer(Protocol):
 
 class FastLinearScorer:
     """The calibrated linear model in plain numpy, encoding with the logged model's own
-    function (`training.encoding.encode_numeric`)."""
+    function (`fsp.encoding.encode_numeric`)."""
 
     def __init__(self, params: LinearParams) -> None:
         self.params = params
@@ -218,7 +218,7 @@ class SklearnScorer:
 def scored(
     scorer: FastLinearScorer | SklearnScorer, rows: ModelRows, threshold: float, version: str
 ):
-    """Per row: the risk fields and its top factors, worded as `training.scoring.score`
+    """Per row: the risk fields and its top factors, worded as `fsp.scoring.score`
     words them (same order, same rounding). Plain dicts: this loop is the per-row cost
     of a batch, so everything per row is a list lookup."""
     p, contributions = scorer.score(rows)

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from pydantic import TypeAdapter
 
+from fsp.errors import InvalidInput, UnknownTutor
+from fsp.outcomes import holdout_comparison
 from service.config import BENTO_MODEL_ARTIFACT, FAST_PATH_FILE
 from service.fastpath import (
     FastLinearScorer,
@@ -43,8 +45,6 @@ from service.store import (
     tutor_exists,
     tutor_predictions,
 )
-from training.errors import InvalidInput, UnknownTutor
-from training.outcomes import holdout_comparison
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ def load_served_model(path: Path, tag: str, labels: dict[str, str], metadata: di
     if (path / FAST_PATH_FILE).exists():
         scorer = FastLinearScorer(LinearParams.load(path / FAST_PATH_FILE))
     else:
-        from training.registry import load_sklearn
-        from training.scoring import TOP_FACTORS, ScoringModel
+        from fsp.model_store import load_sklearn
+        from fsp.scoring import TOP_FACTORS, ScoringModel
 
         model = ScoringModel(
             model=load_sklearn(str(path / BENTO_MODEL_ARTIFACT)),
@@ -307,8 +307,8 @@ class RiskService:
         """Score the scheduled first sessions starting in (now, now + H], as the scoring
         flow does (same query, same `model_input_as_of`), without storing them. With an
         explicit `now` the history is read as of that moment; else the snapshot serves."""
-        from training.features import load_history
-        from training.predictions import model_input_as_of, upcoming_sessions
+        from fsp.features import load_history
+        from fsp.predictions import model_input_as_of, upcoming_sessions
 
         snapshot = self.keeper.current()
         moment = now or self.clock()
@@ -359,7 +359,7 @@ class RiskService:
             predictions = tutor_predictions(conn, tutor_id, moment, days)
         features = None
         if tutor_id in snapshot.tutor_index:
-            from training.features import TUTOR_HISTORY_COLUMNS
+            from fsp.features import TUTOR_HISTORY_COLUMNS
 
             values = snapshot.rows_of([tutor_id])[0]
             features = dict(zip(TUTOR_HISTORY_COLUMNS, map(float, values), strict=True))

@@ -1,6 +1,6 @@
 """Tutor history as of request time, with its cost amortised over many requests.
 
-Reading a tutor's history and computing its features (`training.features`) costs
+Reading a tutor's history and computing its features (`fsp.features`) costs
 about a second for the whole platform and ~1.4 ms even for one tutor, far more
 than scoring (microseconds). But the history features of *every* tutor can be
 computed in one vectorised call of the shared code in ~10 ms once the history is
@@ -34,6 +34,8 @@ import numpy as np
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from fsp.errors import DatabaseUnavailable, UnknownTutor
+from fsp.features import local_calendar
 from service.config import (
     DB_CHECK_SECONDS,
     DB_CONNECTION_OPTIONS,
@@ -41,8 +43,6 @@ from service.config import (
     POOL_TIMEOUT_SECONDS,
     SNAPSHOT_REFRESH_SECONDS,
 )
-from training.errors import DatabaseUnavailable, UnknownTutor
-from training.features import local_calendar
 
 log = logging.getLogger("bentoml.fsp")  # under "bentoml": shown by its log config
 
@@ -73,7 +73,7 @@ class FeatureSnapshot:
     tutor_index: dict[str, int]
     tutor_features: np.ndarray  # (tutors, TUTOR_HISTORY_COLUMNS)
     students: dict[str, Student]
-    history: object  # training.features.TutorHistory, for predict-upcoming
+    history: object  # fsp.features.TutorHistory, for predict-upcoming
     build_seconds: float
 
     def rows_of(self, tutor_ids: Sequence[str]) -> np.ndarray:
@@ -90,7 +90,7 @@ class FeatureSnapshot:
 
 def build_snapshot(conn: psycopg.Connection, moment: datetime) -> FeatureSnapshot:
     """Load the platform history as of `moment` and compute every tutor's features once."""
-    from training.features import TUTOR_HISTORY_COLUMNS, load_history
+    from fsp.features import TUTOR_HISTORY_COLUMNS, load_history
 
     started = time.perf_counter()
     history = load_history(conn, moment)
@@ -120,7 +120,7 @@ def local_contexts(
     births: Sequence[tuple[int, int] | None],
 ) -> np.ndarray:
     """(local_hour, local_dow, student_age) per session, rows in order: the shared
-    feature code's calendar (`training.features.local_calendar`, as `build_model_input`
+    feature code's calendar (`fsp.features.local_calendar`, as `build_model_input`
     computes them); the age is given, or counted from (birth year, month * 100 + day)
     on the session's local date."""
     seconds = [(start - _EPOCH) // _SECOND for start in starts]

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fsp.constants import CHAMPION_ALIAS
+from fsp.errors import FspError
+from fsp.features import MODEL_INPUT_COLUMNS
+from fsp.settings import PROJECT_ROOT, Settings
 from service.config import BENTO_MODEL_ARTIFACT, FAST_PATH_FILE, SERVICE_NAME
-from training.constants import CHAMPION_ALIAS
-from training.errors import FspError
-from training.features import MODEL_INPUT_COLUMNS
-from training.settings import PROJECT_ROOT, Settings
 
 BENTOFILE = PROJECT_ROOT / "bentofile.yaml"
 FAST_PATH_TOLERANCE = 1e-9
@@ -119,9 +119,9 @@ def import_champion(settings: Settings, home: Path) -> dict[str, Any]:
     import mlflow
     from bentoml._internal.models import ModelStore
 
+    from fsp.model_store import aliased_version, load_sklearn, make_client
+    from fsp.scoring import ScoringModel
     from service.fastpath import LinearParams
-    from training.registry import aliased_version, load_sklearn, make_client
-    from training.scoring import ScoringModel
 
     client = make_client(settings)
     version = aliased_version(client, settings.model_name, CHAMPION_ALIAS)
@@ -255,7 +255,7 @@ def latest_bento(home: Path) -> str:
 def serving_env(settings: Settings, home: Path) -> dict[str, str]:
     """The served Bento's environment: its settings (DATABASE_URL resolved now, so the
     embedded default is started once, here, under FSP_STATE_DIR) and the store."""
-    from training.db import database_url
+    from fsp.db import database_url
 
     env = bentoml_env(home)
     env["DATABASE_URL"] = database_url(settings)

@@ -31,6 +31,9 @@ from bentoml.exceptions import BentoMLException, ServiceUnavailable
 from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, PlainTextResponse
 
+from fsp.constants import RISK_BANDS
+from fsp.errors import DatabaseUnavailable, FspError
+from fsp.settings import Settings, get_settings
 from service.api import bento_openapi, error_response, meta_app, read_app
 from service.batchio import PredictionList, SessionBatchInput
 from service.config import (
@@ -56,9 +59,6 @@ from service.schemas import (
     SessionBatch,
     SessionRequest,
 )
-from training.constants import RISK_BANDS
-from training.errors import DatabaseUnavailable, FspError
-from training.settings import Settings, get_settings
 
 
 class BentoArgs(BaseModel):
@@ -74,7 +74,7 @@ def utc_now() -> datetime:
 
 def database_url_of(settings: Settings) -> str:
     """DATABASE_URL, else the embedded PostgreSQL under FSP_STATE_DIR (started if needed)."""
-    from training.db import database_url
+    from fsp.db import database_url
 
     return database_url(settings)
 

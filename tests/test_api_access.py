@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from fsp.settings import Settings
 from service.config import OTHER_ROUTE_LABEL
 from service.schemas import Moment, _zone_exists, start_window_problem
 from service.service import (
@@ -27,7 +28,6 @@ from service.service import (
     RouteLabels,
     route_labels,
 )
-from training.settings import Settings
 
 KEYS = "alpha-key, beta-key,,"
 
@@ -289,8 +289,8 @@ def test_a_dead_database_answers_within_a_second() -> None:
     and the reason a caller reads says nothing of where the database is."""
     import time
 
+    from fsp.errors import DatabaseUnavailable
     from service.lookup import SnapshotKeeper
-    from training.errors import DatabaseUnavailable
 
     keeper = SnapshotKeeper(
         resolve_url=lambda: "postgresql://nobody@127.0.0.1:9/secretdb",

@@ -23,10 +23,10 @@ import sqlalchemy.exc
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
+from fsp.errors import ModelStoreBroken, RegistryUnavailable
+from fsp.model_store import local_store_path, masked_uri, mlflow_failure, store_failure
 from tests.conftest import DEMO_NOW
 from tests.test_cli_training import FSP, _prefect_api
-from training.errors import ModelStoreBroken, RegistryUnavailable
-from training.registry import local_store_path, masked_uri, mlflow_failure, store_failure
 
 MODEL = "first-session-risk"
 NOW = DEMO_NOW.isoformat()
@@ -105,7 +105,7 @@ def test_a_missing_sqlite_store_is_refused_not_created(tmp_path: Path, command):
 def test_train_creates_the_store_it_is_pointed_at(empty_db: str, tmp_path: Path):
     """`fsp train` may create a store: on an empty platform it fails for want of data
     (not for the store), and the store it created then answers `fsp models`."""
-    from training.db import connect, ensure_platform_schema, upgrade
+    from fsp.db import connect, ensure_platform_schema, upgrade
 
     with connect(empty_db) as conn:
         upgrade(conn)

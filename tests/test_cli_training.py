@@ -79,7 +79,7 @@ def test_malformed_as_of_is_named(empty_db, tmp_path):
 def test_empty_platform_is_refused_and_registers_nothing(empty_db, tmp_path):
     env = _env(empty_db, tmp_path)
     run_fsp("db", "upgrade", env=env)
-    from training.db import connect, ensure_platform_schema
+    from fsp.db import connect, ensure_platform_schema
 
     with connect(empty_db) as conn:
         ensure_platform_schema(conn)

@@ -11,10 +11,8 @@ import psycopg
 import pytest
 import pytz
 
-from tests.conftest import DEMO_NOW, seed_demo
-from training.dataset import build_training_set
-from training.errors import InvalidInput, UnknownTutor
-from training.features import (
+from fsp.errors import InvalidInput, UnknownTutor
+from fsp.features import (
     PRIOR_FIRST_SUCCESS,
     TutorHistory,
     build_model_input,
@@ -22,6 +20,8 @@ from training.features import (
     local_calendar,
     local_time_features,
 )
+from tests.conftest import DEMO_NOW, seed_demo
+from training.dataset import build_training_set
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from scipy.special import logit
 
+from fsp.db import connect
+from fsp.model_store import make_client
+from fsp.settings import get_settings
 from tests.conftest import DEMO_NOW, configure_env
 from training import train as steps
 from training.dataset import build_training_set
-from training.db import connect
 from training.model import CANDIDATES
-from training.registry import make_client, promote
-from training.settings import get_settings
+from training.registry import promote
 
 pytestmark = pytest.mark.services
 

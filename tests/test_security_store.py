@@ -12,13 +12,13 @@ import pandas as pd
 import psycopg
 import pytest
 
-from flows import alert_queue as queue
+from alerting import queue
+from alerting.delivery import OutboxMailer
 from flows.alerts import render_batch, run_alerts
-from flows.mailer import OutboxMailer
+from fsp.db import connect, ensure_platform_schema, upgrade
+from fsp.predictions import STORED_COLUMNS, upsert_predictions
+from fsp.settings import get_settings
 from service.store import store_predictions
-from training.db import connect, ensure_platform_schema, upgrade
-from training.predictions import STORED_COLUMNS, upsert_predictions
-from training.settings import get_settings
 
 pytestmark = pytest.mark.services
 

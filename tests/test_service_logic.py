@@ -14,15 +14,15 @@ import pytest
 from conftest import DEMO_NOW
 from pydantic import ValidationError
 
+from fsp.demo_data import TIMEZONES
+from fsp.errors import DatabaseUnavailable, InvalidInput, NoChampion, UnknownTutor
+from fsp.features import age_on, build_model_input, load_history, local_time_features
+from fsp.settings import get_settings
 from service.config import MAX_BATCH_SIZE
 from service.fastpath import FastLinearScorer, LinearParams, ModelRows, scored
 from service.logic import RiskService, ServedModel
 from service.lookup import SnapshotKeeper, local_contexts
 from service.schemas import RankRequest, SessionRequest
-from training.demo_data import TIMEZONES
-from training.errors import DatabaseUnavailable, InvalidInput, NoChampion, UnknownTutor
-from training.features import age_on, build_model_input, load_history, local_time_features
-from training.settings import get_settings
 
 pytestmark = pytest.mark.services
 
@@ -35,10 +35,10 @@ def champion(trained_world: dict):
 
     configure_env(mp, trained_world["database_url"], trained_world["state_dir"])
     try:
+        from fsp.model_store import make_client
+        from fsp.scoring import load_scoring_model
         from training.dataset import build_training_set
         from training.model import time_split
-        from training.registry import make_client
-        from training.scoring import load_scoring_model
 
         settings = get_settings()
         model = load_scoring_model(make_client(settings), settings.model_name)
@@ -65,7 +65,7 @@ def test_fast_path_equals_the_logged_model_on_every_holdout_row(champion) -> Non
 
 
 def test_fast_path_reasons_equal_the_shared_scoring(champion) -> None:
-    from training.scoring import score
+    from fsp.scoring import score
 
     model, X = champion
     fast = FastLinearScorer(LinearParams.from_scoring_model(model))
@@ -131,7 +131,7 @@ def logic(keeper, champion) -> RiskService:
 
 
 def _upcoming(url: str) -> pd.DataFrame:
-    from training.predictions import upcoming_sessions
+    from fsp.predictions import upcoming_sessions
 
     with psycopg.connect(url) as conn:
         return upcoming_sessions(conn, DEMO_NOW, 72)
@@ -166,7 +166,7 @@ def test_snapshot_rows_equal_build_model_input(trained_world: dict, keeper, logi
 def test_predict_and_rank_agree_with_the_shared_scoring(
     trained_world: dict, logic, champion
 ) -> None:
-    from training.scoring import score
+    from fsp.scoring import score
 
     model, _ = champion
     sessions = _upcoming(trained_world["database_url"]).head(20)

@@ -16,21 +16,21 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
 
-from training.constants import PRECISION_TARGET, RISK_BANDS
+from fsp.constants import PRECISION_TARGET, RISK_BANDS
+from fsp.encoding import OTHER_LEVEL
+from fsp.errors import NotEnoughData
+from fsp.estimators import LogOddsBlend, positive_proba
+from fsp.features import FEATURE_DOCS
+from fsp.settings import Settings
 from training.dataset import TrainingSet
-from training.encoding import OTHER_LEVEL
-from training.errors import NotEnoughData
-from training.features import FEATURE_DOCS
 from training.model import (
     BLEND,
     Candidate,
-    LogOddsBlend,
     calibrated,
     choose_threshold,
     cross_validated_auc,
     evaluate,
     pick_best,
-    positive_proba,
     time_split,
 )
 from training.plots import save_evaluation_plots
@@ -41,7 +41,6 @@ from training.registry import (
     git_commit,
     skops_trusted_types,
 )
-from training.settings import Settings
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from training.features import MODEL_INPUT_COLUMNS
+from fsp.features import MODEL_INPUT_COLUMNS
 
 LOG_COLUMNS = ("tutor_tenure_days", "n_ratings", "n_rated_first_sessions", "session_count")
 PLAIN_COLUMNS = (

@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from training.errors import DatabaseUnavailable
-from training.settings import PROJECT_ROOT, Settings
+from fsp.errors import DatabaseUnavailable
+from fsp.settings import PROJECT_ROOT, Settings
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 PLATFORM_SQL = MIGRATIONS_DIR / "platform.sql"
@@ -129,7 +129,7 @@ def stop_embedded(pg_dir: Path | None = None) -> bool:
     """Stop the embedded PostgreSQL if it runs (for `make clean`); True when one was stopped."""
     import os
 
-    from training.settings import get_settings
+    from fsp.settings import get_settings
 
     folder = pg_dir or get_settings().pg_dir
     if not (folder / "postmaster.pid").exists():

@@ -13,7 +13,7 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
-from training.features import MODEL_INPUT_COLUMNS
+from fsp.features import MODEL_INPUT_COLUMNS
 
 CATEGORICAL: Final = ("subject",)
 NUMERICAL: Final = tuple(c for c in MODEL_INPUT_COLUMNS if c not in CATEGORICAL)

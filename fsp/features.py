@@ -15,7 +15,7 @@ the same second as `t` is never counted: rounding can only hide, never leak.
 
 The model's raw input (one row per session) is `MODEL_INPUT_COLUMNS`; what each
 column means is in `FEATURE_DOCS`. Encoding (cyclical time, subject one-hot,
-log counts, scaling) happens inside the logged model (`training.encoding`).
+log counts, scaling) happens inside the logged model (`fsp.encoding`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import pandas as pd
 import psycopg
 import pytz
 
-from training.errors import InvalidInput, UnknownTutor
+from fsp.errors import InvalidInput, UnknownTutor
 
 # Shrinkage priors: a tutor with little evidence is pulled toward the platform's
 # typical value; `k` is how many observations the prior is worth.

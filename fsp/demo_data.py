@@ -85,7 +85,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 
-from training.errors import InvalidInput, PlatformNotEmpty
+from fsp.errors import InvalidInput, PlatformNotEmpty
 
 _DAY = np.timedelta64(1, "D")
 
@@ -725,7 +725,7 @@ def _copy_frame(conn: psycopg.Connection, table: str, frame: pd.DataFrame) -> No
 
 def write(conn: psycopg.Connection, frames: dict[str, pd.DataFrame]) -> dict[str, int]:
     """COPY every table in one transaction; refuse when the platform already has data."""
-    from training.db import ensure_platform_schema, platform_is_empty
+    from fsp.db import ensure_platform_schema, platform_is_empty
 
     ensure_platform_schema(conn)
     with conn.transaction():
