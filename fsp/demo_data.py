@@ -85,6 +85,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 
+from fsp.calendar import zone
 from fsp.errors import InvalidInput, PlatformNotEmpty
 
 _DAY = np.timedelta64(1, "D")
@@ -463,7 +464,7 @@ def _to_utc(local_naive: np.ndarray, tz_names: np.ndarray) -> np.ndarray:
     for tz in np.unique(tz_names):
         mask = tz_names == tz
         local = pd.DatetimeIndex(local_naive[mask]).tz_localize(
-            tz,
+            zone(str(tz)),
             ambiguous=np.zeros(int(mask.sum()), dtype=bool),  # the later (standard-time) instant
             nonexistent="shift_forward",
         )

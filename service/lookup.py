@@ -34,8 +34,8 @@ import numpy as np
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from fsp.calendar import local_calendar
 from fsp.errors import DatabaseUnavailable, UnknownTutor
-from fsp.features import local_calendar
 from service.config import (
     DB_CHECK_SECONDS,
     DB_CONNECTION_OPTIONS,
@@ -120,7 +120,7 @@ def local_contexts(
     births: Sequence[tuple[int, int] | None],
 ) -> np.ndarray:
     """(local_hour, local_dow, student_age) per session, rows in order: the shared
-    feature code's calendar (`fsp.features.local_calendar`, as `build_model_input`
+    feature code's calendar (`fsp.calendar.local_calendar`, as `build_model_input`
     computes them); the age is given, or counted from (birth year, month * 100 + day)
     on the session's local date."""
     seconds = [(start - _EPOCH) // _SECOND for start in starts]
