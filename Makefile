@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help install demo test test-fast fuzz lint format typecheck check bench clean
+.PHONY: help install demo test test-fast fuzz lint format typecheck shape check bench clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ format: install ## apply ruff formatting and safe fixes
 
 typecheck: install ## mypy
 	$(BIN)/mypy fsp training monitoring alerting service flows
+
+shape: install ## the code's shape: modules per package, function lengths, import cycles, private APIs
+	$(BIN)/python scripts/code_shape.py
 
 check: lint typecheck ## lint and types
 
