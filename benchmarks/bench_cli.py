@@ -2,9 +2,10 @@
 `fsp models` against a store holding a trained champion), each a real subprocess as a
 user runs it; they must not start Prefect or import the flows.
 
-Run: `.venv/bin/python benchmarks/bench_cli.py [RUNS]` (uses DATABASE_URL's server when
-set, else the embedded PostgreSQL). Sets up a fresh database and MLflow store in a temp
-folder (small demo history, one `fsp train`), then prints the median of RUNS runs (5 by
+Run: `.venv/bin/python benchmarks/bench_cli.py [RUNS] [STATE_DIR]` (uses DATABASE_URL's
+server when set, else the embedded PostgreSQL). Sets up a fresh database and MLflow store
+in a temp folder (small demo history, one `fsp train`), or reads the store of an existing
+state folder (e.g. one `fsp demo` filled), then prints the median of RUNS runs (5 by
 default) per command. Asserts nothing."""
 
 from __future__ import annotations
@@ -68,9 +69,17 @@ def _store_with_a_champion() -> dict[str, str]:
     return env
 
 
+def _existing_store(state: Path) -> dict[str, str]:
+    """The MLflow store a state folder already holds (no training)."""
+    if not (state / "mlflow.db").is_file():
+        raise SystemExit(f"{state} holds no mlflow.db")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**env, "FSP_STATE_DIR": str(state)}
+
+
 def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    env = _store_with_a_champion()
+    env = _existing_store(Path(sys.argv[2])) if len(sys.argv) > 2 else _store_with_a_champion()
     for args in COMMANDS:
         seconds = [_fsp(args, env) for _ in range(runs)]
         print(

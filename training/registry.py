@@ -178,7 +178,7 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
         rows.append(
             {
                 "version": v.version,
-                "aliases": sorted(a for a, held in aliases.items() if str(held) == v.version),
+                "aliases": sorted(a for a, held in aliases.items() if str(held) == str(v.version)),
                 **{k: v.tags.get(k) for k in shown if k in v.tags},
             }
         )

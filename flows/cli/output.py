@@ -126,6 +126,16 @@ MODEL_COLUMNS = (
 )
 
 
+def _number(value: Any) -> Any:
+    """A registry tag holding a decimal number, as a float (tags are text)."""
+    if isinstance(value, str) and "." in value:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def models_table(rows: Sequence[Mapping[str, Any]], name: str) -> Table:
     """`fsp models`: one line per version, its aliases first, then why it was (not)
     promoted (the promotion's reason, else the gate's)."""
@@ -134,7 +144,7 @@ def models_table(rows: Sequence[Mapping[str, Any]], name: str) -> Table:
         table.add_column(header, style="bold" if header == "aliases" else None)
     table.add_column("reason", overflow="fold")
     for row in rows:
-        cells = [format_value(row.get(key)) for _, key in MODEL_COLUMNS]
+        cells = [format_value(_number(row.get(key))) for _, key in MODEL_COLUMNS]
         reason = row.get("promotion.reason") or row.get("gate.reason")
         table.add_row(*cells, format_value(reason))
     return table
