@@ -248,12 +248,15 @@ def test_unknown_zones_are_not_remembered() -> None:
 
 
 def test_serve_listens_on_loopback_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.cli import _parser
+    import typer
+
+    from flows.cli import app
     from service.packaging import exposure_warning, serve_command
 
-    args = _parser().parse_args(["serve"])
-    assert args.host == "127.0.0.1" and args.port == 3000
-    assert _parser().parse_args(["serve", "--host", "0.0.0.0"]).host == "0.0.0.0"
+    serve = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
+    args = serve.make_context("serve", []).params
+    assert args["host"] == "127.0.0.1" and args["port"] == 3000
+    assert serve.make_context("serve", ["--host", "0.0.0.0"]).params["host"] == "0.0.0.0"
     command = serve_command("svc:v1", 3000)
     assert command[command.index("--host") + 1] == "127.0.0.1"
     open_settings = Settings(FSP_API_KEY=None)

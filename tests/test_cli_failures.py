@@ -115,7 +115,7 @@ def test_train_creates_the_store_it_is_pointed_at(empty_db: str, tmp_path: Path)
     env = _env(tmp_path / "state", f"sqlite:///{store}", empty_db)
     one_line_failure(run_fsp("train", "--as-of", NOW, env=env), "no labelled first sessions")
     assert store.is_file()
-    listing = run_fsp("models", env=env)
+    listing = run_fsp("models", "--json", env=env)
     assert listing.returncode == 0, listing.stderr
     assert listing.stdout.strip() == "[]"
 

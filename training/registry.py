@@ -170,12 +170,15 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
     )
     with store_errors(client_uri(client)):
         versions = client.search_model_versions(f"name='{name}'")
+        # On SQL stores search_model_versions leaves each version's aliases empty; the
+        # registered model holds them all (alias -> version).
+        aliases = client.get_registered_model(name).aliases if versions else {}
     rows = []
     for v in sorted(versions, key=lambda v: int(v.version)):
         rows.append(
             {
                 "version": v.version,
-                "aliases": list(v.aliases),
+                "aliases": sorted(a for a, held in aliases.items() if str(held) == str(v.version)),
                 **{k: v.tags.get(k) for k in shown if k in v.tags},
             }
         )
