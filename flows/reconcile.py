@@ -10,7 +10,7 @@ from typing import Any, Final
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.artifacts import markdown_table, publish
+from flows.artifacts import markdown_table, publish, section
 from flows.common import parse_moment
 from flows.retrying import RETRYING
 from fsp.db import connection
@@ -60,6 +60,6 @@ def publish_reconciliation(summary: dict[str, Any]) -> None:
     publish(
         ARTIFACT_KEY,
         f"Reconciliation {summary['now']}",
-        [reconciliation_table(summary)],
+        [section("Predictions reconciled", reconciliation_table(summary))],
         "predictions reconciled with the ratings that arrived",
     )
