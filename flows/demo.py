@@ -219,8 +219,9 @@ def run_loop(settings: Settings, step: Step = _no_progress) -> DemoResult:
     """The demo's steps, in order; returns what happened (no printing but `step`'s
     progress display around each one)."""
     from flows.alerts import alerts_flow
-    from flows.monitor import monitor_flow, package_champion_bento
+    from flows.monitor import monitor_flow
     from flows.reconcile import reconcile_flow
+    from flows.retrain import package_champion_bento
     from flows.score import score_flow
 
     started = time.perf_counter()

@@ -25,9 +25,6 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import MISSING, bullet_list, cell, markdown_table, publish, section
 from flows.common import parse_moment
-
-# flows.demo imports package_champion_bento from here; it belongs to flows.retrain.
-from flows.retrain import package_champion_bento as package_champion_bento
 from flows.retrain import retrain_flow
 from flows.retrying import RETRYING
 from fsp.constants import MONITOR_WINDOW_DAYS

@@ -413,7 +413,7 @@ def test_a_start_outside_the_representable_range_does_not_break_the_history(plat
 def test_the_monitor_window_skips_and_counts_an_out_of_range_start(platform) -> None:
     """Any stored year outside pandas' range used to stop `fsp monitor`; now the row is
     left out and counted, and the rest of the window is read."""
-    from flows.monitor import read_window
+    from monitoring.window import read_window
 
     with psycopg.connect(platform) as conn:
         upsert_predictions(conn, _rows(2, "ok").assign(prediction_date=NOW))

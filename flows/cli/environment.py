@@ -27,12 +27,18 @@ EPHEMERAL_IDLE_SERVICES = (
 )
 
 
+LIBRARY_LOGGERS = "fsp,training,alerting,monitoring"
+"""Our packages' module loggers, which Prefect forwards to the run's log when named."""
+
+
 def ephemeral_prefect_defaults() -> None:
     """Quiet, fast defaults for Prefect's ephemeral API (only when no server is configured).
 
     Analytics off unless the user turned it on: otherwise every ephemeral start prints
     Prefect's usage-data banner."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the packages' own loggers reach the flow run's log in the Prefect UI too
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", LIBRARY_LOGGERS)
     if os.environ.get("PREFECT_API_URL"):
         return
     os.environ.setdefault("PREFECT_SERVER_UI_ENABLED", "false")
