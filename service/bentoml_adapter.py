@@ -59,7 +59,7 @@ def models_named(home: Path, name: str) -> list[Any]:
     """The models of that name in the store under `home` (none when there is none)."""
     try:
         return _model_store(home).list(name)
-    except NotFound:
+    except NotFound:  # BentoML's answer for a name it holds no model of
         return []
 
 
@@ -79,5 +79,5 @@ def latest_bento_tag(home: Path, name: str) -> str | None:
     """The tag of the newest Bento of that name in the store under `home`, or None."""
     try:
         return str(BentoStore(home / "bentos").get(f"{name}:latest").tag)
-    except (NotFound, FileNotFoundError):
+    except (NotFound, FileNotFoundError):  # no Bento of that name, or no store folder yet
         return None

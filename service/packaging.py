@@ -8,6 +8,7 @@ used from one Python process (the tests do)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -25,6 +26,8 @@ from fsp.errors import FspError
 from fsp.features import MODEL_INPUT_COLUMNS
 from fsp.settings import PROJECT_ROOT, Settings
 from service.config import BENTO_MODEL_ARTIFACT, FAST_PATH_FILE, SERVICE_NAME
+
+log = logging.getLogger(__name__)
 
 BENTOFILE = PROJECT_ROOT / "bentofile.yaml"
 FAST_PATH_TOLERANCE = 1e-9
@@ -293,7 +296,7 @@ def exposure_warning(settings: Settings, host: str) -> str | None:
         return None
     try:
         loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
+    except ValueError:  # a host name, not an address: only "localhost" is known loopback
         loopback = host == "localhost"
     if loopback:
         return None
@@ -311,7 +314,7 @@ def serve_packaged(settings: Settings, port: int, host: str = DEFAULT_HOST) -> N
     command = serve_command(tag, port, host)
     warning = exposure_warning(settings, host)
     if warning:
-        print(warning, file=sys.stderr)
+        log.warning(warning)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(command[0], command, serving_env(settings, home))

@@ -88,6 +88,6 @@ class ReferenceData:
             self.records.student(student_id)
         except KeyError:
             return f"unknown student_id {student_id!r}"
-        except DatabaseUnavailable as exc:
+        except DatabaseUnavailable as exc:  # the caller is told; the outage is logged once
             return f"cannot be looked up now ({exc})"
         return None

@@ -115,7 +115,7 @@ def says_why(body: bytes) -> bool:
     """A JSON object with a non-empty "error" text."""
     try:
         parsed = json.loads(body) if body else None
-    except ValueError:
+    except ValueError:  # not JSON: it says nothing in the one shape
         return False
     error = parsed.get("error") if isinstance(parsed, dict) else None
     return isinstance(error, str) and bool(error.strip())
@@ -127,7 +127,7 @@ def _message_of(status: int, body: bytes) -> tuple[str, list[Any] | None]:
     text = body.decode("utf-8", "replace").strip()
     try:
         parsed = json.loads(text) if text else None
-    except ValueError:
+    except ValueError:  # plain text: carried over as the message below
         parsed = None
     if isinstance(parsed, dict):
         detail = parsed.get("detail")
