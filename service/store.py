@@ -150,6 +150,6 @@ def as_json(value: Any) -> Any:
     if isinstance(value, str) and value[:1] in "[{":
         try:
             return json.loads(value)
-        except ValueError:
+        except ValueError:  # text that only looks like JSON: it is answered as the text
             return value
     return value
