@@ -77,7 +77,7 @@ def prefect_harness() -> Iterator[None]:
     tests that need services only: the pure tests never pay for it."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=600):
         yield
 
 
