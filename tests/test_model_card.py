@@ -15,12 +15,20 @@ from fsp.features import FEATURE_DOCS
 from fsp.model_store import make_client
 from fsp.settings import get_settings
 from tests.conftest import DEMO_NOW, configure_env, create_database, drop_database, seed_demo
+from training import model_card
 from training import train as steps
 from training.dataset import TrainingSet, build_training_set
 from training.model import CANDIDATES
 from training.registry import promote, run_gate
 
 pytestmark = pytest.mark.services
+
+
+@pytest.fixture
+def prefect_harness() -> None:
+    """Nothing here runs a Prefect flow: these tests need no Prefect API (starting one
+    costs a minute on a loaded machine), only PostgreSQL and an MLflow store."""
+
 
 CARD_SECTIONS = (
     "## Purpose",
@@ -163,3 +171,29 @@ def test_parent_run_names_training_and_holdout_sets(carded):
         assert context == name
         assert len(item.dataset.digest) == 16
         assert '"poor_session"' in item.dataset.profile or "poor_session" in item.dataset.schema
+
+
+def test_card_fits_what_the_store_keeps_even_with_long_input_docs():
+    figures = model_card.CardFigures(
+        model_name="m",
+        version="1",
+        model_type="t",
+        window=("a", "b"),
+        cutoff="c",
+        n_train="1",
+        n_holdout="1",
+        holdout_days="28",
+        metrics={"auc_roc": 0.7},
+        threshold=0.5,
+        threshold_rule="f1_best",
+        precision_target=0.6,
+        bands=(("LOW", 0.0),),
+        poor_below=3,
+        feature_docs={f"feature_{i}": "a long meaning " * 20 for i in range(40)},
+        run_id="r",
+        data_fingerprint="f",
+        git_commit="g",
+    )
+    card = model_card.model_card(figures)
+    assert len(card) <= model_card.DESCRIPTION_MAX_CHARS
+    assert "`feature_39`" in card and "## Owners" in card

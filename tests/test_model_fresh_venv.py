@@ -28,6 +28,13 @@ from training.model import CANDIDATES
 
 pytestmark = pytest.mark.services
 
+
+@pytest.fixture
+def prefect_harness() -> None:
+    """Nothing here runs a Prefect flow: these tests need no Prefect API (starting one
+    costs a minute on a loaded machine), only PostgreSQL and an MLflow store."""
+
+
 LOAD_AND_PREDICT = """
 import json, sys
 import mlflow.pyfunc, mlflow.sklearn

@@ -143,10 +143,26 @@ def threshold_rule_text(rule: str, threshold: float, precision_target: float) ->
     return f"Alert when the probability is at least **{threshold:.4f}** ({rule}): {how}."
 
 
+DESCRIPTION_MAX_CHARS: Final = 5000
+"""MLflow's SQL stores keep at most this many characters of a description."""
+
+
 def model_card(f: CardFigures) -> str:
-    """The registered model's description: the serving version's card in Markdown."""
+    """The registered model's description: the serving version's card in Markdown. When
+    the inputs' meanings would push it past what the store keeps, they are named only
+    (their meanings are in the run's features.json)."""
+    full = _card_text(f, [f"- `{name}`: {doc}" for name, doc in f.feature_docs.items()])
+    if len(full) <= DESCRIPTION_MAX_CHARS:
+        return full
+    names = ", ".join(f"`{name}`" for name in f.feature_docs)
+    short = _card_text(f, [f"{names} (their meanings: the run's artifact features.json)"])
+    return (
+        short if len(short) <= DESCRIPTION_MAX_CHARS else short[: DESCRIPTION_MAX_CHARS - 2] + "…\n"
+    )
+
+
+def _card_text(f: CardFigures, inputs: list[str]) -> str:
     purpose = PURPOSE.format(poor=f.poor_below, bands=_bands_text(f.bands))
-    inputs = [f"- `{name}`: {doc}" for name, doc in f.feature_docs.items()]
     lines = [
         f"# {f.model_name}: model card (champion version {f.version})",
         "",
@@ -194,12 +210,13 @@ def no_champion_card(model_name: str, latest_note: str) -> str:
 def gate_text(gate: GateFigures) -> str:
     """The gate's decision with the figures it compared, in one or two sentences."""
     verdict = "promoted" if gate.promoted else "not promoted"
+    margin = f", with a required margin of {gate.margin}" if gate.margin else ""
     if not gate.champion_version:
         return f"Gate: {verdict}: {gate.reason} (holdout AUC {gate.challenger_auc})."
     return (
         f"Gate: {verdict}: {gate.reason}. Compared on the same holdout: this version's AUC"
         f" {gate.challenger_auc} against champion version {gate.champion_version}'s"
-        f" {gate.champion_auc}, with a required margin of {gate.margin}."
+        f" {gate.champion_auc}{margin}."
     )
 
 
