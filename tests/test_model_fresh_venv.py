@@ -38,6 +38,7 @@ def prefect_harness() -> None:
 LOAD_AND_PREDICT = """
 import json, sys
 import mlflow.pyfunc, mlflow.sklearn
+import numpy as np
 import pandas as pd
 model_dir, rows_file, out_file = sys.argv[1:4]
 rows = pd.read_pickle(rows_file)
@@ -47,7 +48,7 @@ import fsp
 json.dump(
     {
         "sklearn": sk.predict_proba(rows)[:, 1].tolist(),
-        "pyfunc": [float(r[1]) for r in py.predict(rows).to_numpy()],
+        "pyfunc": np.asarray(py.predict(rows))[:, 1].tolist(),
         "fsp_from": fsp.__file__,
         "sys_path": sys.path,
     },
