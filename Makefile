@@ -79,8 +79,9 @@ stack-base: ## build the local base image (Debian bookworm + Python 3.11 via deb
 
 stack-images: install $(if $(filter 1,$(STACK_OFFLINE)),stack-base) ## build the stack's images (local base when STACK_OFFLINE=1)
 	@cp /etc/ssl/certs/ca-certificates.crt docker/certs/ 2>/dev/null || true
-	@set -e; build() { t0=$$(date +%s); docker build -q -f docker/$$1.Dockerfile \
-	    --build-arg BASE_IMAGE=$(STACK_BASE_IMAGE) -t $$2 . >/dev/null; \
+	@set -e; mkdir -p .fsp/stack; build() { t0=$$(date +%s); docker build -f docker/$$1.Dockerfile \
+	    --build-arg BASE_IMAGE=$(STACK_BASE_IMAGE) -t $$2 . >.fsp/stack/build-$$1.log 2>&1 \
+	    || { tail -n 25 .fsp/stack/build-$$1.log; return 1; }; \
 	  echo "stack-images: $$2 built in $$(( $$(date +%s) - t0 )) s, $$(docker image inspect -f '{{.Size}}' $$2) bytes"; }; \
 	build mlflow $(or $(call stack_var,FSP_MLFLOW_IMAGE),fsp-mlflow:3.17.2); \
 	build worker $(or $(call stack_var,FSP_WORKER_IMAGE),fsp-worker:latest); \

@@ -4,7 +4,7 @@ ARG BASE_IMAGE=python:3.11.14-slim-bookworm
 FROM ${BASE_IMAGE}
 ARG UV_VERSION=0.13.9
 ENV LANG=C.UTF-8 PYTHONUNBUFFERED=1 UV_PYTHON_DOWNLOADS=never UV_LINK_MODE=copy \
-    VIRTUAL_ENV=/opt/mlflow PATH=/opt/mlflow/bin:/usr/local/bin:/usr/bin:/bin \
+    VIRTUAL_ENV=/opt/mlflow PATH=/opt/mlflow/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 COPY docker/certs/ /tmp/certs/
 COPY pyproject.toml uv.lock /tmp/lock/

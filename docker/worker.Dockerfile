@@ -6,7 +6,7 @@ FROM ${BASE_IMAGE}
 ARG UV_VERSION=0.13.9
 ENV LANG=C.UTF-8 PYTHONUNBUFFERED=1 \
     UV_PROJECT_ENVIRONMENT=/opt/venv UV_PYTHON_DOWNLOADS=never UV_LINK_MODE=copy \
-    UV_COMPILE_BYTECODE=1 PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin \
+    UV_COMPILE_BYTECODE=1 PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PREFECT_SERVER_ANALYTICS_ENABLED=false BENTOML_DO_NOT_TRACK=True
 COPY docker/certs/ /tmp/certs/
 RUN if [ -f /tmp/certs/ca-certificates.crt ]; then export SSL_CERT_FILE=/tmp/certs/ca-certificates.crt PIP_CERT=/tmp/certs/ca-certificates.crt; fi; \
@@ -22,6 +22,7 @@ RUN uv sync --frozen --no-dev --extra k8s --no-cache \
     && install -m 0755 docker/fsp-stack.sh /usr/local/bin/fsp-stack \
     && rm -rf /tmp/certs
 USER fsp
-ENV FSP_STATE_DIR=/fsp-state BENTOML_HOME=/bentoml PREFECT_HOME=/fsp-state/prefect
+ENV FSP_STATE_DIR=/fsp-state BENTOML_HOME=/bentoml PREFECT_HOME=/fsp-state/prefect \
+    PREFECT_UI_STATIC_DIRECTORY=/fsp-state/prefect-ui
 ENTRYPOINT ["fsp-stack"]
 CMD ["worker"]
