@@ -87,16 +87,19 @@ stack-images: install $(if $(filter 1,$(STACK_OFFLINE)),stack-base) ## build the
 	build worker $(or $(call stack_var,FSP_WORKER_IMAGE),fsp-worker:latest); \
 	if [ "$(STACK_OFFLINE)" = 1 ]; then build postgres fsp-postgres:15; build maildev fsp-maildev:2.2.1; fi
 
+# (containerize runs from /tmp: BentoML reads a dockerfile_template only below its working
+# directory, and its build context is a temporary folder.)
 stack-bento: install ## containerize the champion's Bento (built by the bootstrap) as FSP_BENTO_IMAGE
 	@set -e; out=.fsp/stack; rm -rf $$out/bento.bento $$out/bentoml; mkdir -p $$out; \
 	$(STACK_IMAGES) $(COMPOSE) run --rm --no-deps -T -u 0 -v "$$PWD/$$out:/out" \
 	  --entrypoint bentoml bootstrap export first_session_risk:latest /out/bento.bento >/dev/null; \
 	export BENTOML_HOME=$$PWD/$$out/bentoml BENTOML_DO_NOT_TRACK=True DOCKER_BUILDKIT=0; \
-	tag=$$($(BIN)/bentoml import $$out/bento.bento 2>/dev/null | grep -o "first_session_risk:[a-z0-9]*" | head -n1); \
+	tag=$$($(BIN)/bentoml import "$$PWD/$$out/bento.bento" 2>/dev/null | grep -o "first_session_risk:[a-z0-9]*" | head -n1); \
 	t0=$$(date +%s); \
-	$(BIN)/bentoml containerize "$$tag" -t $(call stack_var,FSP_BENTO_IMAGE) \
-	  --opt build-arg=FSP_BASE_IMAGE=$(STACK_BASE_IMAGE) >$$out/containerize.log 2>&1 \
-	  || { tail -n 30 $$out/containerize.log; exit 1; }; \
+	bentoml=$$PWD/$(BIN)/bentoml; log=$$PWD/$$out/containerize.log; \
+	(cd /tmp && TMPDIR=/tmp $$bentoml containerize "$$tag" -t $(call stack_var,FSP_BENTO_IMAGE) \
+	  --opt build-arg=FSP_BASE_IMAGE=$(STACK_BASE_IMAGE) >$$log 2>&1) \
+	  || { tail -n 30 $$log; exit 1; }; \
 	echo "stack-bento: $$tag -> $(call stack_var,FSP_BENTO_IMAGE) in $$(( $$(date +%s) - t0 )) s," \
 	  "$$(docker image inspect -f '{{.Size}}' $(call stack_var,FSP_BENTO_IMAGE)) bytes"
 

@@ -23,6 +23,6 @@ RUN uv sync --frozen --no-dev --extra k8s --no-cache \
     && rm -rf /tmp/certs
 USER fsp
 ENV FSP_STATE_DIR=/fsp-state BENTOML_HOME=/bentoml PREFECT_HOME=/fsp-state/prefect \
-    PREFECT_UI_STATIC_DIRECTORY=/fsp-state/prefect-ui
+    PREFECT_UI_STATIC_DIRECTORY=/fsp-state/prefect-ui GIT_PYTHON_REFRESH=quiet
 ENTRYPOINT ["fsp-stack"]
 CMD ["worker"]
