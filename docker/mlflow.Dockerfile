@@ -18,5 +18,5 @@ RUN useradd -m -u 1000 mlflow && mkdir -p /mlartifacts && chown mlflow:mlflow /m
 USER mlflow
 EXPOSE 5000
 HEALTHCHECK --interval=5s --timeout=5s --retries=30 \
-  CMD python -c "import urllib.request; urllib.request.urlopen('http://localhost:5000/health', timeout=4)"
+  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/health', timeout=4)"
 ENTRYPOINT ["mlflow", "server"]
