@@ -111,7 +111,7 @@ LEFT JOIN platform.tutors t ON t.tutor_id = p.tutor_id
 LEFT JOIN platform.students st ON st.student_id = p.student_id
 WHERE d.status = 'pending' AND d.next_attempt_at <= %(wall)s AND {IN_RANGE}
 ORDER BY d.next_attempt_at, d.session_id
-"""
+"""  # noqa: S608  (SQL text from our own constants; values bound as parameters)
 """Pending deliveries that are due, of sessions the platform still holds as scheduled
 first sessions (cancel_stale, which runs first, has already cancelled those that
 started, left the platform or fell out of range)."""
@@ -191,7 +191,7 @@ WHERE p.session_id = d.session_id AND d.status = 'pending'
   AND (NOT ({IN_RANGE}) OR s.session_id IS NULL OR s.status <> 'scheduled'
        OR p.scheduled_start <= %(now)s OR s.scheduled_start <= %(now)s
        OR p.risk_probability < p.alert_threshold)
-"""
+"""  # noqa: S608  (SQL text from our own constants; values bound as parameters)
 
 
 def cancel_stale(conn: psycopg.Connection, now: datetime) -> int:
@@ -231,7 +231,7 @@ def claim_next(
     starts_after = "AND s.scheduled_start > %(now)s" if now is not None else ""
     with conn.transaction():
         row = conn.execute(
-            "UPDATE fsp.alert_deliveries SET status = 'sending', attempts = attempts + 1,"
+            "UPDATE fsp.alert_deliveries SET status = 'sending', attempts = attempts + 1,"  # noqa: S608  (SQL text from our own constants; values bound as parameters)
             " claimed_at = %(wall)s, updated_at = now()"
             " WHERE session_id = (SELECT d.session_id FROM fsp.alert_deliveries d"
             "   JOIN fsp.first_session_predictions p ON p.session_id = d.session_id"
