@@ -241,8 +241,10 @@ def summarize(
     cancelled: int,
     delivered: dict[str, int],
     totals: dict[str, int],
+    emails_total: int,
 ) -> dict[str, Any]:
-    """What an alerts run did, and where every delivery stands now."""
+    """What an alerts run did, where every delivery stands now (`totals`: sessions per
+    state) and how many emails have been sent in all (`emails_total`)."""
     return {
         "now": now.isoformat(),
         "delivery": mailer.describe(),
@@ -251,6 +253,7 @@ def summarize(
         **{k: v for k, v in recovered.items() if v},
         **delivered,
         "totals": totals,
+        "emails_total": emails_total,
     }
 
 
@@ -270,5 +273,5 @@ def run_alerts(
     due = queue.due_alerts(conn, wall_now)
     batch = render_batch(due, now, settings.smtp_from_email, link_policy(settings))
     delivered = deliver(conn, mailer, batch, settings, wall_now, now=now)
-    totals = queue.status_counts(conn)
-    return summarize(now, mailer, recovered, queued, cancelled, delivered, totals)
+    totals, emails_total = queue.status_counts(conn), queue.letters_sent(conn)
+    return summarize(now, mailer, recovered, queued, cancelled, delivered, totals, emails_total)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -49,6 +50,8 @@ __all__ = [
     "plain",
     "safe_address",
 ]
+
+log = logging.getLogger(__name__)
 
 TEMPLATES_DIR: Final = PROJECT_ROOT / "templates"
 HTML_TEMPLATE: Final = "alert_email.html.j2"
@@ -268,6 +271,7 @@ def _tutor_time(start: datetime, student_zone: str, record: TutorRecord | None) 
     try:
         return _clock(start.astimezone(ZoneInfo(zone)))
     except (KeyError, ValueError):  # ZoneInfoNotFoundError is a KeyError
+        log.warning("tutor time zone %r unknown; the email shows the student's zone only", zone)
         return None
 
 

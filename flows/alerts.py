@@ -81,10 +81,10 @@ def send_emails(
 
 
 @task(cache_policy=NO_CACHE, **RETRYING)
-def delivery_totals(settings: Settings) -> dict[str, int]:
-    """Deliveries per state after this run, and the emails sent in all."""
+def delivery_totals(settings: Settings) -> tuple[dict[str, int], int]:
+    """Sessions per delivery state after this run, and the emails sent in all."""
     with connection(settings) as conn:
-        return {**queue.status_counts(conn), "emails": queue.letters_sent(conn)}
+        return queue.status_counts(conn), queue.letters_sent(conn)
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -102,7 +102,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"# Alerts run as of {summary['now']}",
         "",
-        f"Delivery: {summary['delivery']}",
+        f"Delivery: {summary['delivery']}; emails sent in all: {summary['emails_total']}",
         "",
         "| this run | count |",
         "| --- | ---: |",
@@ -132,8 +132,9 @@ def alerts_flow(now: str | datetime | None = None) -> dict[str, Any]:
     batch = render_emails(due, moment, settings)
     log.info("%d due session(s) → %d email(s)", len(due), len(batch.letters))
     delivered = send_emails(settings, mailer, batch, wall_now, moment)
+    totals, emails_total = delivery_totals(settings)
     summary = dispatch.summarize(
-        moment, mailer, recovered, queued, cancelled, delivered, delivery_totals(settings)
+        moment, mailer, recovered, queued, cancelled, delivered, totals, emails_total
     )
     log.info("delivered: %s; totals: %s", delivered, summary["totals"])
     create_markdown_artifact(
