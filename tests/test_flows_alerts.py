@@ -293,7 +293,8 @@ def test_template_error_fails_before_any_email_is_marked_sent(
     broken = tmp_path / "templates"
     broken.mkdir()
     source = Path(__file__).resolve().parent.parent / "templates"
-    (broken / "alert_email.txt.j2").write_text((source / "alert_email.txt.j2").read_text())
+    for name in ("alert_email.txt.j2", "tips.yaml"):
+        (broken / name).write_text((source / name).read_text())
     (broken / "alert_email.html.j2").write_text("<p>{{ s.no_such_field }}</p>")
     monkeypatch.setattr("alerting.render.TEMPLATES_DIR", broken)
     use_smtp(monkeypatch, smtp_server)
