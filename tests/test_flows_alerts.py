@@ -295,7 +295,7 @@ def test_template_error_fails_before_any_email_is_marked_sent(
     source = Path(__file__).resolve().parent.parent / "templates"
     for name in ("alert_email.txt.j2", "tips.yaml"):
         (broken / name).write_text((source / name).read_text())
-    (broken / "alert_email.html.j2").write_text("<p>{{ s.no_such_field }}</p>")
+    (broken / "alert_email.html.j2").write_text("<p>{{ letter.no_such_field }}</p>")
     monkeypatch.setattr("alerting.render.TEMPLATES_DIR", broken)
     use_smtp(monkeypatch, smtp_server)
 
