@@ -290,7 +290,7 @@ def summary_lines(r: DemoResult, settings: Settings) -> list[str]:
     live = next((p for p in m["performance"] if p["model_version"] == m["champion_version"]), None)
     drift = m["reports"].get("data_drift")
     a = r.alerts
-    emails = a.get("totals", {}).get("sent", 0)
+    emails = a.get("emails_total", 0)  # one email per tutor may list several sessions
     lines = [
         f"fsp demo: the whole loop in {r.seconds:.0f} s",
         f"  platform    {r.platform['tutors']} tutors, {r.platform['sessions']} sessions"
