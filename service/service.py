@@ -50,6 +50,7 @@ from service.config import (
     UNTRACED_PATHS,
     WORKERS,
 )
+from service.dashboard import dashboard_router
 from service.reuseport import listen_on_own_socket
 from service.schemas import (
     ModelInfo,
@@ -59,6 +60,8 @@ from service.schemas import (
     SessionBatch,
     SessionRequest,
 )
+
+read_app.include_router(dashboard_router)  # the operations page, beside the read endpoints
 
 
 class BentoArgs(BaseModel):
