@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import bentoml
 from bentoml.exceptions import BentoMLException
-from fastapi import APIRouter, Query
+from fastapi import FastAPI, Query
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
@@ -432,14 +432,6 @@ def _logic() -> RiskService:
         raise DatabaseUnavailable("service is starting") from exc
 
 
-dashboard_router = APIRouter()
-
-
-@dashboard_router.get(
-    DASHBOARD_PATH,
-    response_class=HTMLResponse,
-    responses={200: {"content": {"text/html": {}}, "description": "the operations page"}},
-)
 def dashboard(
     lookahead_hours: Lookahead = DEFAULT_LOOKAHEAD_HOURS,
     days: Days = DEFAULT_DAYS,
@@ -452,3 +444,17 @@ def dashboard(
     with the same parameters."""
     data = gather(_logic(), now, lookahead_hours, days)
     return HTMLResponse(render_page(data), headers=PAGE_HEADERS)
+
+
+def add_dashboard(app: FastAPI) -> None:
+    """Serve the page at DASHBOARD_PATH of `app` (the read endpoints' app). Added as a
+    route of its own, not through `include_router`: FastAPI 0.150 keeps an included
+    router as one opaque route without a path, which the service's route labels
+    (service.service.RouteLabels) cannot see, so its paths would answer 404."""
+    app.add_api_route(
+        DASHBOARD_PATH,
+        dashboard,
+        methods=["GET"],
+        response_class=HTMLResponse,
+        responses={200: {"content": {"text/html": {}}, "description": "the operations page"}},
+    )

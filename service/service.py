@@ -50,7 +50,7 @@ from service.config import (
     UNTRACED_PATHS,
     WORKERS,
 )
-from service.dashboard import dashboard_router
+from service.dashboard import add_dashboard
 from service.reuseport import listen_on_own_socket
 from service.schemas import (
     ModelInfo,
@@ -61,7 +61,7 @@ from service.schemas import (
     SessionRequest,
 )
 
-read_app.include_router(dashboard_router)  # the operations page, beside the read endpoints
+add_dashboard(read_app)  # the operations page, beside the read endpoints
 
 
 class BentoArgs(BaseModel):
