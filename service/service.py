@@ -43,6 +43,7 @@ from service.config import (
     UNTRACED_PATHS,
     WORKERS,
 )
+from service.dashboard import add_dashboard
 from service.middleware import (
     AccessGuard,
     BodyLimit,
@@ -64,6 +65,7 @@ from service.schemas import (
 )
 
 log = logging.getLogger(__name__)
+add_dashboard(read_app)  # the operations page, beside the read endpoints
 
 
 class BentoArgs(BaseModel):
