@@ -32,7 +32,7 @@ from service.config import LOOKAHEAD_HOURS_MAX
 if TYPE_CHECKING:  # the CLI reads this module's importer for configuration: no psycopg
     import psycopg
 
-    from service.logic import RiskService
+    from service.worker import Worker
 
 TEMPLATES_DIR: Final = PROJECT_ROOT / "templates"
 TEMPLATE: Final = "dashboard.html.j2"
@@ -138,16 +138,16 @@ def read_deliveries(
 
 
 def gather(
-    logic: RiskService, now: datetime | None, lookahead_hours: float, days: int
+    worker: Worker, now: datetime | None, lookahead_hours: float, days: int
 ) -> DashboardData:
     """The page's data, through the JSON endpoints' own functions. Without `now`, each
     reads as of the clock (upcoming from the served snapshot, as its endpoint does)."""
-    upcoming = logic.upcoming(now, lookahead_hours)
-    summary = logic.summary(days, now)
-    performance = logic.model_performance(days, now)
+    upcoming = worker.reads.upcoming(now, lookahead_hours)
+    summary = worker.reads.summary(days, now)
+    performance = worker.reads.model_performance(days, now)
     until = datetime.fromisoformat(summary["now"])
     ids = [p["session_id"] for p in upcoming["predictions"]]
-    with logic.keeper.connection() as conn:
+    with worker.pool.connection() as conn:
         deliveries = read_deliveries(conn, until - timedelta(days=days), until, ids)
     return DashboardData(upcoming, summary, performance, deliveries)
 
@@ -424,10 +424,10 @@ def render_page(data: DashboardData) -> str:
 # -- the route ---------------------------------------------------------------------------------
 
 
-def _logic() -> RiskService:
-    """The worker's `RiskService` (as the read endpoints reach it)."""
+def _worker() -> Worker:
+    """The parts of the worker serving this request (as the read endpoints reach them)."""
     try:
-        return bentoml.get_current_service().logic
+        return bentoml.get_current_service().worker
     except BentoMLException as exc:
         raise DatabaseUnavailable("service is starting") from exc
 
@@ -442,7 +442,7 @@ def dashboard(
     over time; alerted vs holdout poor-session rates with their interval. The same
     numbers as /predict-upcoming, /analytics/summary and /analytics/model-performance
     with the same parameters."""
-    data = gather(_logic(), now, lookahead_hours, days)
+    data = gather(_worker(), now, lookahead_hours, days)
     return HTMLResponse(render_page(data), headers=PAGE_HEADERS)
 
 
