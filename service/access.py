@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fsp.settings import Settings
-from service.config import API_PREFIX, DOCS_PATHS, METRICS_PATHS, PUBLIC_PATHS
+from service.config import (
+    API_PREFIX,
+    DOCS_PATHS,
+    METRICS_PATHS,
+    PUBLIC_PATHS,
+    TRACKING_PREFIXES,
+)
 
 SCORING_PATHS = frozenset({"/predict", "/predict_batch", "/rank_tutors"})
 """The BentoML endpoints; each needs the database (and the feature snapshot)."""
@@ -29,7 +35,10 @@ def is_read_endpoint(path: str) -> bool:
 
 
 def needs_database(path: str) -> bool:
-    """Answered only while the database answers and the snapshot is built."""
+    """Answered only while the database answers and the snapshot is built (the email
+    tracking paths answer regardless: a lost open is better than a broken image)."""
+    if path.startswith(TRACKING_PREFIXES):
+        return False
     return path in SCORING_PATHS or is_read_endpoint(path)
 
 
@@ -52,4 +61,6 @@ class AccessRules:
 
     def is_open(self, path: str) -> bool:
         """Answered without a key."""
-        return path in self.open_paths or (self.open_static and path.startswith(STATIC_PREFIX))
+        if path in self.open_paths or path.startswith(TRACKING_PREFIXES):
+            return True
+        return self.open_static and path.startswith(STATIC_PREFIX)

@@ -109,6 +109,9 @@ MAX_BODY_BYTES: Final = 2 * 1024 * 1024
 MAX_BATCH_SIZE sessions with the longest identifiers takes about 0.7 MB."""
 
 PUBLIC_PATHS: Final = frozenset({"/livez", "/readyz"})
+TRACKING_PREFIXES: Final = (API_PREFIX + "/t/", API_PREFIX + "/r/")
+"""The alert emails' open image and tracked links: an email client loads them without
+any key, and they answer the same whatever the database's state (service.tracking_api)."""
 """Endpoints answered without an API key even when FSP_API_KEY is set."""
 
 METRICS_PATHS: Final = frozenset({"/metrics"})

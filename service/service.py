@@ -63,9 +63,11 @@ from service.schemas import (
     SessionBatch,
     SessionRequest,
 )
+from service.tracking_api import add_tracking
 
 log = logging.getLogger(__name__)
 add_dashboard(read_app)  # the operations page, beside the read endpoints
+add_tracking(read_app)  # the alert emails' open image and tracked links
 
 
 class BentoArgs(BaseModel):
