@@ -28,9 +28,10 @@ def load_training_set(settings: Settings, cutoff: datetime) -> TrainingSet:
 
 @task(cache_policy=NO_CACHE)
 def fit_all(settings: Settings, ts: TrainingSet, split: steps.Split) -> list[steps.FittedCandidate]:
-    """Fit and score every candidate on the same split, then their log-odds blend."""
+    """Fit and score every candidate on the same split, then a log-odds blend per
+    feature set."""
     fitted = [steps.fit_candidate(c, ts, split, settings) for c in CANDIDATES]
-    return [*fitted, steps.blend_of(fitted, ts, split)]
+    return [*fitted, *steps.blends_of(fitted, ts, split)]
 
 
 @flow(name="fsp-train", log_prints=True)
@@ -62,6 +63,7 @@ def train_flow(as_of: str | datetime | None = None) -> dict[str, Any]:
     return {
         "cutoff": cutoff.isoformat(),
         "model": best.candidate.name,
+        "feature_set": best.candidate.feature_set,
         "version": version.version,
         "candidates": {f.candidate.name: round(f.holdout_auc, 4) for f in fitted},
         "n_train": int(split.train.sum()),

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from training.constants import RISK_BANDS, risk_level, risk_score
-from training.encoding import NUMERIC_INPUTS, encode_numeric, subject_notes
+from training.encoding import BASE_FEATURE_SET, NUMERIC_INPUTS, encode_numeric, subject_notes
 from training.features import FACTOR_LABELS, MODEL_INPUT_COLUMNS, TUTOR_HISTORY_COLUMNS
 
 if TYPE_CHECKING:
@@ -79,6 +79,7 @@ class LinearParams:
     platt_b: float
     groups: np.ndarray  # (encoded columns, MODEL_INPUT_COLUMNS): 1 where a column belongs
     top_factors: int
+    feature_set: str = BASE_FEATURE_SET
 
     @classmethod
     def from_scoring_model(cls, model: ScoringModel) -> LinearParams:
@@ -101,6 +102,7 @@ class LinearParams:
             platt_b=float(calibrator.b_),
             groups=grouping(encoder.get_feature_names_out().tolist()),
             top_factors=int(TOP_FACTORS),
+            feature_set=encoder.feature_set,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -117,6 +119,7 @@ class LinearParams:
             "platt_b": self.platt_b,
             "groups": self.groups.tolist(),
             "top_factors": self.top_factors,
+            "feature_set": self.feature_set,
         }
 
     @classmethod
@@ -135,6 +138,7 @@ class LinearParams:
             platt_b=float(data["platt_b"]),
             groups=np.asarray(data["groups"], dtype=float),
             top_factors=int(data["top_factors"]),
+            feature_set=str(data.get("feature_set", BASE_FEATURE_SET)),
         )
 
     def save(self, path: Path) -> None:
@@ -170,7 +174,13 @@ class FastLinearScorer:
 
     def encode(self, rows: ModelRows) -> np.ndarray:
         """The standardised encoded matrix (what the classifier sees)."""
-        raw = encode_numeric(rows.numeric, rows.subjects, self._subject_code, self.params.bin_edges)
+        raw = encode_numeric(
+            rows.numeric,
+            rows.subjects,
+            self._subject_code,
+            self.params.bin_edges,
+            feature_set=self.params.feature_set,
+        )
         return (raw - self.params.mean) / self.params.scale
 
     def notes(self, subjects: Sequence[str]) -> list[list[str]]:

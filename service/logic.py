@@ -25,7 +25,13 @@ from service.fastpath import (
     scored,
     scored_json,
 )
-from service.lookup import FeatureSnapshot, SnapshotKeeper, Student, local_contexts
+from service.lookup import (
+    FeatureSnapshot,
+    SnapshotKeeper,
+    Student,
+    local_contexts,
+    matched_history,
+)
 from service.schemas import (
     PredictionResponse,
     RankedTutor,
@@ -109,9 +115,15 @@ def _frame(sessions: Sequence[SessionRequest], students: list[str | None]) -> pd
 
 _ANSWER: TypeAdapter = TypeAdapter(dict[str, Any])
 
-PERSONAL_FEATURES = ("student_age", "local_hour", "local_dow")
-"""Reasons that tell what a student's record holds: the age, and the local time (which
-tells the time zone). When the record supplied them (the caller gave a student_id,
+PERSONAL_FEATURES = (
+    "student_age",
+    "local_hour",
+    "local_dow",
+    "n_first_sessions_in_age_band",
+    "poor_rate_in_age_band",
+)
+"""Reasons that tell what a student's record holds: the age (and the tutor's history
+with the age's band, which hints at it), and the local time (which tells the time zone). When the record supplied them (the caller gave a student_id,
 not an age and zone), the answer leaves these reasons out: an API caller learns the
 risk, never a student's personal data. Stored predictions keep every reason."""
 
@@ -225,7 +237,8 @@ class RiskService:
         starts = [r["scheduled_start"] for r in rows]
         context = local_contexts(starts, zones, ages, births)  # type: ignore[arg-type]
         subjects = np.array([r["subject"] for r in rows], dtype=object)
-        return ModelRows(numeric=np.hstack([history, context]), subjects=subjects)
+        matched = matched_history(snapshot, [r["tutor_id"] for r in rows], subjects, context[:, 2])
+        return ModelRows(numeric=np.hstack([history, context, matched]), subjects=subjects)
 
     def predict_batch_json(self, rows: Sequence[dict[str, Any]]) -> list[str]:
         """`predict_records` for parsed batch rows, each answer as its JSON text: the

@@ -113,6 +113,19 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 
 
+def matched_history(
+    snapshot: FeatureSnapshot, tutor_ids: Sequence[str], subjects, ages: np.ndarray
+) -> np.ndarray:
+    """The tutor's history matched to each session (its subject, its student's age band)
+    as of the snapshot's moment: the shared feature code's own arithmetic
+    (`TutorHistory.matched_at`), which `build_model_input` calls too. These depend on
+    the session, so unlike the tutor's own history they cannot be kept per tutor."""
+    history = snapshot.history
+    codes = np.array([history.tutor_codes[t] for t in tutor_ids], dtype=np.int64)  # type: ignore[attr-defined]
+    seconds = np.full(len(codes), (snapshot.known_until - _EPOCH) // _SECOND, dtype=np.int64)
+    return history.matched_at(codes, [str(s) for s in subjects], ages, seconds)  # type: ignore[attr-defined]
+
+
 def local_contexts(
     starts: Sequence[datetime],
     zones: Sequence[str],

@@ -20,9 +20,10 @@ from training.constants import PRECISION_TARGET, RISK_BANDS
 from training.dataset import TrainingSet
 from training.encoding import OTHER_LEVEL
 from training.errors import NotEnoughData
-from training.features import FEATURE_DOCS
+from training.features import FEATURE_DOCS, MODEL_INPUT_COLUMNS
 from training.model import (
     BLEND,
+    BLENDS,
     Candidate,
     LogOddsBlend,
     calibrated,
@@ -91,7 +92,9 @@ def fit_candidate(candidate: Candidate, ts: TrainingSet, split: Split, settings:
     return FittedCandidate(candidate, model, cv, p, auc)
 
 
-def blend_of(fitted: list[FittedCandidate], ts: TrainingSet, split: Split) -> FittedCandidate:
+def blend_of(
+    fitted: list[FittedCandidate], ts: TrainingSet, split: Split, blend: Candidate = BLEND
+) -> FittedCandidate:
     """The log-odds blend of the fitted candidates, judged on the same holdout (it has
     no CV of its own: its members' are logged beside it)."""
     from sklearn.metrics import roc_auc_score
@@ -100,7 +103,18 @@ def blend_of(fitted: list[FittedCandidate], ts: TrainingSet, split: Split) -> Fi
     p = positive_proba(model, ts.X[split.holdout])
     auc = float(roc_auc_score(ts.y[split.holdout], p))
     cv = np.array([f.cv_auc.mean() for f in fitted])
-    return FittedCandidate(BLEND, model, cv, p, auc)
+    return FittedCandidate(blend, model, cv, p, auc)
+
+
+def blends_of(fitted: list[FittedCandidate], ts: TrainingSet, split: Split):
+    """One blend per feature set, of the candidates fitted on that set (a blend on the
+    base features must not carry the extended ones in through a member)."""
+    out = []
+    for blend in BLENDS:
+        members = [f for f in fitted if f.candidate.feature_set == blend.feature_set]
+        if members:
+            out.append(blend_of(members, ts, split, blend))
+    return out
 
 
 def choose(fitted: list[FittedCandidate], settings: Settings) -> FittedCandidate:
@@ -132,7 +146,13 @@ def explain_weights(best: FittedCandidate, ts: TrainingSet, split: Split) -> pd.
 
 def _log_candidate_child(f: FittedCandidate) -> None:
     with mlflow.start_run(run_name=f.candidate.name, nested=True):
-        mlflow.log_params({"candidate": f.candidate.name, "calibration": f.candidate.calibration})
+        mlflow.log_params(
+            {
+                "candidate": f.candidate.name,
+                "calibration": f.candidate.calibration,
+                "feature_set": f.candidate.feature_set,
+            }
+        )
         mlflow.log_metrics(
             {
                 "holdout_auc_roc": f.holdout_auc,
@@ -148,12 +168,26 @@ def _log_artifacts(best: FittedCandidate, ts: TrainingSet, split: Split, thresho
         y_hold = ts.y[split.holdout]
         save_evaluation_plots(y_hold, best.holdout_p, threshold, folder / "plots")
         explain_weights(best, ts, split).to_csv(folder / "weights.csv", index=False)
-        (folder / "features.json").write_text(json.dumps(FEATURE_DOCS, indent=2))
+        used = used_features(best.model)
+        docs = {name: doc for name, doc in FEATURE_DOCS.items() if name in used}
+        (folder / "features.json").write_text(json.dumps(docs, indent=2))
         vocabulary = learned_vocabulary(best.model, ts.X[split.train])
         (folder / "vocabulary.json").write_text(json.dumps(vocabulary, indent=2))
         mlflow.log_artifacts(str(folder / "plots"), artifact_path="plots")
         for name in ("weights.csv", "features.json", "vocabulary.json"):
             mlflow.log_artifact(str(folder / name))
+
+
+def used_features(model) -> set[str]:
+    """The model input columns the model's encoders read (its feature set's)."""
+    from training.scoring import grouping
+
+    encoders = [_encoder_of(m) for m in getattr(model, "members", ())] or [_encoder_of(model)]
+    used: set[str] = set()
+    for encoder in encoders:
+        groups = grouping(encoder.get_feature_names_out().tolist())
+        used |= {MODEL_INPUT_COLUMNS[j] for j in np.flatnonzero(groups.sum(axis=0))}
+    return used
 
 
 def learned_vocabulary(model, X_train: pd.DataFrame) -> dict:
@@ -198,11 +232,13 @@ def log_and_register(
                 "data_fingerprint": ts.fingerprint,
                 "git_commit": git_commit(),
                 "chosen_model": best.candidate.name,
+                "feature_set": best.candidate.feature_set,
             }
         )
         mlflow.log_params(
             {
                 "model_type": best.candidate.name,
+                "feature_set": best.candidate.feature_set,
                 "calibration": best.candidate.calibration,
                 "holdout_days": settings.holdout_days,
                 "cv_folds": settings.cv_folds,
@@ -260,6 +296,7 @@ def _tag_version(
         "threshold_rule": rule,
         "risk_bands": bands_tag(),
         "model_type": best.candidate.name,
+        "feature_set": best.candidate.feature_set,
         "training_window": " .. ".join(ts.window),
         "cutoff": ts.cutoff.isoformat(),
         "data_fingerprint": ts.fingerprint,
