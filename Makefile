@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help install demo test test-fast fuzz lint format typecheck check bench clean
+.PHONY: help install demo test test-fast fuzz lint format typecheck shape check bench clean
 
 help: ## list every target
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,7 +43,10 @@ format: install ## apply ruff formatting and safe fixes
 	$(BIN)/ruff check --fix .
 
 typecheck: install ## mypy
-	$(BIN)/mypy service training flows
+	$(BIN)/mypy fsp training monitoring alerting service flows
+
+shape: install ## the code's shape: modules per package, function lengths, import cycles, private APIs
+	$(BIN)/python scripts/code_shape.py
 
 check: lint typecheck ## lint and types
 
@@ -51,5 +54,5 @@ bench: install ## run every benchmark and print its figures
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean: ## remove local state (embedded PostgreSQL, MLflow store, outbox, Bento store)
-	-$(BIN)/python -c "from training.db import stop_embedded; stop_embedded()"
+	-$(BIN)/python -c "from fsp.db import stop_embedded; stop_embedded()"
 	rm -rf .fsp/pg .fsp/mlflow.db .fsp/mlartifacts .fsp/outbox .fsp/bentoml .fsp/prefect .fsp/reports

@@ -172,6 +172,7 @@ def main() -> int:
     seconds = args.seconds
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from fsp.settings import get_settings
     from service.config import WORKERS
     from service.packaging import (
         bentoml_home,
@@ -180,7 +181,6 @@ def main() -> int:
         serve_command,
         serving_env,
     )
-    from training.settings import get_settings
 
     settings = get_settings()
     home = bentoml_home(settings)

@@ -43,7 +43,7 @@ FORWARD_DAYS = 28
 def _server_url() -> str:
     if os.environ.get("DATABASE_URL"):
         return os.environ["DATABASE_URL"]
-    from training.db import _embedded_url
+    from fsp.db import _embedded_url
 
     return _embedded_url(ROOT / ".fsp" / "bench-pg")
 
@@ -81,10 +81,10 @@ def _figures(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 def run_one(url: str, platform: str, seed: int, tutors: int, days: int) -> dict:
     """Generate, train as of the cut-off, judge the sessions after it against the truth."""
+    from fsp.demo_data import DemoSpec, generate, write
+    from fsp.estimators import positive_proba
+    from fsp.settings import get_settings
     from training.dataset import build_training_set
-    from training.demo_data import DemoSpec, generate, write
-    from training.model import positive_proba
-    from training.settings import get_settings
     from training.train import blends_of, choose, fit_candidate, split_training_set
 
     frames = generate(DemoSpec(tutors=tutors, days=days, seed=seed, now=NOW, platform=platform))

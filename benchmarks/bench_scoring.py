@@ -21,13 +21,13 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from flows.score import read_upcoming
-from training import demo_data
+from fsp import demo_data
+from fsp.db import connect, database_url, upgrade
+from fsp.predictions import model_input_as_of, prediction_rows, upsert_predictions
+from fsp.scoring import ScoringModel, score
+from fsp.settings import get_settings
 from training.dataset import build_training_set
-from training.db import connect, database_url, upgrade
 from training.model import CANDIDATES, calibrated
-from training.predictions import model_input_as_of, prediction_rows, upsert_predictions
-from training.scoring import ScoringModel, score
-from training.settings import get_settings
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 TUTORS = 5000

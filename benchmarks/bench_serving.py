@@ -281,8 +281,8 @@ def sample_sessions(settings, n: int, seed: int = 11):
     shared feature code computes for them as of now (what mlflow serve is given)."""
     import pandas as pd
 
-    from training.db import connection
-    from training.features import build_model_input, load_history, read_frame
+    from fsp.db import connection
+    from fsp.features import build_model_input, load_history, read_frame
 
     rng = np.random.default_rng(seed)
     now = datetime.now(UTC)
@@ -362,6 +362,9 @@ def main() -> int:
     args = parser.parse_args()
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from fsp.constants import CHAMPION_ALIAS
+    from fsp.model_store import alias_version, make_client
+    from fsp.settings import get_settings
     from service.packaging import (
         _bentoml_cli,
         bentoml_home,
@@ -369,9 +372,6 @@ def main() -> int:
         package_champion,
         serving_env,
     )
-    from training.constants import CHAMPION_ALIAS
-    from training.registry import alias_version, make_client
-    from training.settings import get_settings
 
     settings = get_settings()
     home = bentoml_home(settings)

@@ -28,7 +28,7 @@ def _server_url() -> str:
     if os.environ.get("DATABASE_URL"):
         return os.environ["DATABASE_URL"]
     sys.path.insert(0, str(ROOT))
-    from training.db import _embedded_url
+    from fsp.db import _embedded_url
 
     return _embedded_url(ROOT / ".fsp" / "bench-pg")
 
@@ -60,7 +60,7 @@ def main() -> None:
     }
     _timed(["db", "upgrade"], env)
     demo_s, demo_out = _timed(
-        ["demo-data", "--tutors", "1000", "--days", "180", "--now", NOW.isoformat()], env
+        ["demo-data", "--json", "--tutors", "1000", "--days", "180", "--now", NOW.isoformat()], env
     )
     sys.path.insert(0, str(ROOT))
     from training.dataset import build_training_set
@@ -69,7 +69,7 @@ def main() -> None:
         start = time.perf_counter()
         ts = build_training_set(conn, NOW)
         build_s = time.perf_counter() - start
-    train_s, train_out = _timed(["train", "--as-of", NOW.isoformat()], env)
+    train_s, train_out = _timed(["train", "--json", "--as-of", NOW.isoformat()], env)
     summary = json.loads(train_out)
     sessions = json.loads(demo_out)["sessions"]
     print(

@@ -3,7 +3,7 @@ preparation email each; a deterministic holdout share gets none.
 
 Order matters: every due email of the batch is rendered BEFORE the first is sent,
 so a template error fails the run with nothing sent and nothing marked. The
-delivery state machine (exactly once) is in `flows.alert_queue`."""
+delivery state machine (exactly once) is in `alerting.queue`."""
 
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ import psycopg
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import alert_queue as queue
+from alerting import queue
+from alerting.delivery import DeliveryFailed, Mailer, make_mailer
+from alerting.render import InvalidRecipient, compose, environment
 from flows.common import parse_moment
-from flows.emails import InvalidRecipient, compose, environment
-from flows.mailer import DeliveryFailed, Mailer, make_mailer
 from flows.retrying import RETRYING
-from training.db import connect, connection, database_url
-from training.settings import Settings, get_settings
+from fsp.db import connect, connection, database_url
+from fsp.settings import Settings, get_settings
 
 
 def wall_clock() -> datetime:
@@ -126,7 +126,7 @@ def run_alerts(
 def recover(
     conn: psycopg.Connection, mailer: Mailer, settings: Settings, wall_now: datetime
 ) -> dict[str, int]:
-    """Settle deliveries a previous run left half-done (see flows.alert_queue)."""
+    """Settle deliveries a previous run left half-done (see alerting.queue)."""
     return queue.recover_interrupted(
         conn,
         mailer.was_delivered,

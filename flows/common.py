@@ -1,10 +1,11 @@
-"""What every flow shares: parsing "as of" moments and opening the parts it needs."""
+"""What every flow shares: parsing "as of" moments and timing its steps."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
-from training.errors import InvalidInput
+from fsp.errors import InvalidInput
 
 
 def parse_moment(value: str | datetime | None, name: str = "--now") -> datetime:
@@ -23,3 +24,17 @@ def parse_moment(value: str | datetime | None, name: str = "--now") -> datetime:
     if moment.tzinfo is None:
         raise InvalidInput(f"{name}: {value!r} has no UTC offset; add one, e.g. +00:00")
     return moment.astimezone(UTC)
+
+
+class Laps:
+    """Seconds spent on each step of a flow, measured one after the other."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._mark = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        """Record the time since the previous lap (or the start) as `step`."""
+        now = time.perf_counter()
+        self.seconds[step] = round(now - self._mark, 2)
+        self._mark = now

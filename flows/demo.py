@@ -8,7 +8,10 @@ PostgreSQL, the local MLflow store and the outbox folder are used when unset."""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,10 +21,10 @@ import numpy as np
 import psycopg
 from scipy.special import expit, logit
 
-from training.constants import MONITOR_WINDOW_DAYS
-from training.db import connection, ensure_platform_schema, platform_is_empty, upgrade
-from training.errors import PlatformNotEmpty
-from training.settings import Settings
+from fsp.constants import MONITOR_WINDOW_DAYS
+from fsp.db import connection, ensure_platform_schema, platform_is_empty, upgrade
+from fsp.errors import PlatformNotEmpty
+from fsp.settings import Settings
 
 DEMO_DAYS: Final = 120
 DEMO_SEED: Final = 7
@@ -56,7 +59,7 @@ def data_now(conn: psycopg.Connection) -> datetime:
 
 def ensure_demo_platform(conn: psycopg.Connection, tutors: int) -> tuple[datetime, bool]:
     """Fill an empty platform with demo data; return (the data's now, generated?)."""
-    from training import demo_data
+    from fsp import demo_data
 
     upgrade(conn)
     ensure_platform_schema(conn)
@@ -144,8 +147,8 @@ def simulate_platform_outcomes(
 def ensure_champion(settings: Settings, now: datetime) -> dict[str, Any]:
     """Train as of the data's now unless a champion already exists (a rerun is quick)."""
     from flows.train import train_flow
-    from training.constants import CHAMPION_ALIAS
-    from training.registry import alias_version, make_client
+    from fsp.constants import CHAMPION_ALIAS
+    from fsp.model_store import alias_version, make_client
 
     champion = alias_version(make_client(settings), settings.model_name, CHAMPION_ALIAS)
     if champion is not None:
@@ -162,6 +165,25 @@ def ensure_champion(settings: Settings, now: datetime) -> dict[str, Any]:
         "holdout_auc": summary["holdout_auc"],
         "trained": True,
     }
+
+
+Step = Callable[[str], AbstractContextManager[object]]
+"""Wraps each step (a progress display); given the step's label."""
+
+STEP_LABELS: Final = {
+    "demo data": "demo data: the platform's history",
+    "train": "train: candidates, MLflow runs, the promotion gate",
+    "package": "package: the champion's Bento",
+    "score": "score: the next 24 hours of first sessions",
+    "alerts": "alerts: emails to the tutors of high-risk sessions",
+    "time passes": "time passes: sessions end, ratings arrive (simulated)",
+    "reconcile": "reconcile: predictions meet their outcomes",
+    "monitor": "monitor: live performance, drift, retrain",
+}
+
+
+def _no_progress(label: str) -> AbstractContextManager[object]:
+    return nullcontext()
 
 
 @dataclass
@@ -193,20 +215,23 @@ def platform_counts(conn: psycopg.Connection) -> dict[str, int]:
     return {"tutors": int(tutors), "sessions": int(sessions), "first_sessions": int(first)}
 
 
-def run_loop(settings: Settings) -> DemoResult:
-    """The demo's steps, in order; returns what happened (no printing)."""
+def run_loop(settings: Settings, step: Step = _no_progress) -> DemoResult:
+    """The demo's steps, in order; returns what happened (no printing but `step`'s
+    progress display around each one)."""
     from flows.alerts import alerts_flow
-    from flows.monitor import monitor_flow, package_champion_bento
+    from flows.monitor import monitor_flow
     from flows.reconcile import reconcile_flow
+    from flows.retrain import package_champion_bento
     from flows.score import score_flow
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
-    def timed(step: str, fn, *args, **kwargs):
+    def timed(name: str, fn, *args, **kwargs):
         t0 = time.perf_counter()
-        result = fn(*args, **kwargs)
-        timings[step] = round(time.perf_counter() - t0, 1)
+        with step(STEP_LABELS.get(name, name)):
+            result = fn(*args, **kwargs)
+        timings[name] = round(time.perf_counter() - t0, 1)
         return result
 
     with connection(settings) as conn:
@@ -295,12 +320,7 @@ def summary_lines(r: DemoResult, settings: Settings) -> list[str]:
         if files:
             lines.append(f"  an email    {files[0]}")
     lines.append("  timings     " + ", ".join(f"{k} {v:g} s" for k, v in r.timings.items()))
-    lines += [
-        f"  MLflow UI   mlflow ui --backend-store-uri {settings.resolved_mlflow_uri}",
-        f"  Prefect UI  PREFECT_HOME={settings.state_dir / 'prefect'} prefect server start"
-        "  (then http://127.0.0.1:4200)",
-    ]
-    return lines
+    return lines + hint_lines(where_things_are(settings, r.outbox))
 
 
 def _fmt(value: float | None) -> str:
@@ -315,7 +335,68 @@ def _bento_line(bento: dict[str, Any]) -> str:
     return f"{tag} (serve it: fsp serve)" + (f"  {where}" if where else "")
 
 
-def run_demo(settings: Settings) -> None:
-    """`fsp demo`: run the loop and print the summary."""
-    result = run_loop(settings)
-    print("\n".join(summary_lines(result, settings)))
+def where_things_are(settings: Settings, outbox: Path | None) -> dict[str, str]:
+    """The stores and folders this run really used, read from the live settings (the
+    user's PREFECT_HOME, PREFECT_API_URL or MLFLOW_TRACKING_URI win over the defaults)."""
+    places = {
+        "mlflow_ui": f"mlflow ui --backend-store-uri {settings.resolved_mlflow_uri}",
+        "prefect_ui": prefect_ui_hint(),
+        "reports": str(settings.reports_dir.resolve()),
+    }
+    if outbox is not None:
+        places["outbox"] = str(outbox.resolve())
+    return places
+
+
+def prefect_ui_hint() -> str:
+    """How to see the flow runs: the server they were sent to, or the command that
+    serves the ephemeral API's database they were recorded in."""
+    from prefect.settings import get_current_settings
+
+    prefect = get_current_settings()
+    if prefect.api.url:
+        return f"{prefect.ui_url or prefect.api.url} (the Prefect server the runs were sent to)"
+    database = prefect.server.database.connection_url
+    url = database.get_secret_value() if database else ""
+    env = f"PREFECT_HOME={prefect.home}"
+    if url != f"sqlite+aiosqlite:///{prefect.home}/prefect.db":
+        env += f" PREFECT_SERVER_DATABASE_CONNECTION_URL='{url}'"
+    ui = prefect.server.ui.api_url or "http://127.0.0.1:4200/api"
+    return f"{env} prefect server start  (then {ui.removesuffix('/api')})"
+
+
+def hint_lines(places: dict[str, str]) -> list[str]:
+    """The closing hints: where to look at what the run did."""
+    lines = [f"  MLflow UI   {places['mlflow_ui']}", f"  Prefect UI  {places['prefect_ui']}"]
+    if "outbox" in places:
+        lines.append(f"  outbox      {places['outbox']}")
+    return [*lines, f"  reports     {places['reports']}"]
+
+
+def demo_json(r: DemoResult, settings: Settings) -> dict[str, Any]:
+    """The demo's result for scripts: every step's own result and where things are."""
+    return {
+        "seconds": round(r.seconds, 1),
+        "now": r.now.isoformat(),
+        "later": r.later.isoformat(),
+        "generated": r.generated,
+        "platform": r.platform,
+        "champion": r.champion,
+        "bento": r.bento,
+        "scored": r.scored,
+        "alerts": r.alerts,
+        "outcomes": r.outcomes,
+        "reconciled": r.reconciled,
+        "monitored": r.monitored,
+        "timings": r.timings,
+        "places": where_things_are(settings, r.outbox),
+    }
+
+
+def run_demo(settings: Settings, as_json: bool = False, step: Step = _no_progress) -> None:
+    """`fsp demo`: run the loop (each step inside `step`) and print the summary."""
+    result = run_loop(settings, step)
+    if as_json:
+        print(json.dumps(demo_json(result, settings), indent=2, default=str))
+    else:
+        print("\n".join(summary_lines(result, settings)))

@@ -9,7 +9,7 @@ from typing import Any, Final
 
 import psycopg
 
-from training.errors import DatabaseUnavailable, FspError, RegistryUnavailable
+from fsp.errors import DatabaseUnavailable, FspError, RegistryUnavailable
 
 TASK_RETRIES: Final = 3
 TASK_RETRY_DELAYS: Final[list[float]] = [1.0, 3.0, 9.0]

@@ -17,25 +17,28 @@ import psycopg
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.artifacts import markdown_table, publish, section
 from flows.common import parse_moment
 from flows.retrying import RETRYING
-from training.db import connection
-from training.errors import InvalidInput
-from training.features import TutorHistory, load_history
-from training.platform_rows import check_sessions
-from training.predictions import (
+from fsp.constants import RISK_BANDS
+from fsp.db import connection
+from fsp.errors import InvalidInput
+from fsp.features import TutorHistory, load_history
+from fsp.model_store import make_client
+from fsp.platform_rows import check_sessions
+from fsp.predictions import (
     model_input_as_of,
     prediction_rows,
     upcoming_sessions,
     upsert_predictions,
 )
-from training.registry import make_client
-from training.scoring import ScoringModel, load_scoring_model, score
-from training.settings import Settings, get_settings
+from fsp.scoring import ScoringModel, load_scoring_model, score
+from fsp.settings import Settings, get_settings
 
 DEFAULT_LOOKAHEAD_HOURS: Final = 24.0
 MAX_LOOKAHEAD_HOURS: Final = 24.0 * 31
 """Far enough for any booking horizon; beyond it a typo (hours vs minutes) is likelier."""
+ARTIFACT_KEY: Final = "fsp-score"
 
 
 def validate_lookahead(hours: Any) -> float:
@@ -54,7 +57,7 @@ def validate_lookahead(hours: Any) -> float:
 @dataclass(frozen=True)
 class Upcoming:
     """The sessions to score, the tutor history as it stood at `now`, and the platform
-    rows set aside as unscorable (reason → count; see training.platform_rows)."""
+    rows set aside as unscorable (reason → count; see fsp.platform_rows)."""
 
     sessions: pd.DataFrame
     history: TutorHistory | None
@@ -150,6 +153,63 @@ def score_flow(
     upcoming = load_upcoming(settings, moment, hours)
     rows = featurise_and_score(model, upcoming, moment)
     changed = store_predictions(settings, rows)
-    for reason, count in upcoming.skipped.items():
-        get_run_logger().warning("skipped %d session(s) from the platform: %s", count, reason)
-    return summarize(rows, changed, model, moment, hours, upcoming.skipped)
+    summary = summarize(rows, changed, model, moment, hours, upcoming.skipped)
+    log_summary(summary)
+    publish_scoring(summary)
+    return summary
+
+
+def log_summary(summary: dict[str, Any]) -> None:
+    """What the run scored, stored and set aside, in the run's log."""
+    logger = get_run_logger()
+    logger.info(
+        "scored %d session(s) starting in the next %g h with version %s: %d at or above the"
+        " alert threshold %.4f, %d row(s) changed",
+        summary["sessions_scored"],
+        summary["lookahead_hours"],
+        summary["model_version"],
+        summary["above_threshold"],
+        summary["alert_threshold"],
+        summary["rows_changed"],
+    )
+    for reason, count in summary["sessions_skipped"].items():
+        logger.warning("skipped %d session(s) from the platform: %s", count, reason)
+
+
+def levels_in_band_order(levels: dict[str, int]) -> list[tuple[str, int]]:
+    """Every risk band, lowest first, with its count (0 when none scored in it)."""
+    return [(band, levels.get(band, 0)) for band, _ in RISK_BANDS]
+
+
+def scoring_sections(summary: dict[str, Any]) -> list[str]:
+    """The artifact's sections: what was scored, by risk level, and what was skipped."""
+    lead = (
+        f"Model version {summary['model_version']}, alert threshold"
+        f" {summary['alert_threshold']:.4f}, sessions starting in the next"
+        f" {summary['lookahead_hours']:g} h: {summary['sessions_scored']} scored,"
+        f" {summary['above_threshold']} at or above the threshold,"
+        f" {summary['rows_changed']} stored row(s) changed."
+    )
+    levels = markdown_table(
+        ("risk level", "sessions"), levels_in_band_order(summary["risk_levels"])
+    )
+    skipped = summary["sessions_skipped"]
+    skipped_body = (
+        markdown_table(("reason", "sessions"), sorted(skipped.items()))
+        if skipped
+        else "None: every upcoming first session could be scored."
+    )
+    return [
+        lead,
+        section("Sessions scored by risk level", levels),
+        section("Sessions skipped", skipped_body),
+    ]
+
+
+def publish_scoring(summary: dict[str, Any]) -> None:
+    publish(
+        ARTIFACT_KEY,
+        f"Scoring {summary['now']}",
+        scoring_sections(summary),
+        "sessions scored by risk level, and the sessions skipped with their reasons",
+    )

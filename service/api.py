@@ -1,9 +1,9 @@
-"""The seed's read endpoints (mounted under /api/first-session/), GET /model, and the
+"""The read endpoints (mounted under /api/first-session/), GET /model, and the
 OpenAPI 3.1 document of the whole service (`bento_openapi`).
 
-Each handler reaches the worker's service instance through
-`bentoml.get_current_service()` and calls its `RiskService`; expected failures
-become 4xx/503 with the reason as JSON ({"error": reason}), never a 500. Every
+Each handler reaches the worker serving it through `bentoml.get_current_service()`
+and calls its `service.reads.ReadViews`; expected failures become 4xx/503 with the
+reason as JSON through `service.refusals`, never a 500. Every
 refusal the service sends is documented with its body: 400/422 (validation), 401
 (API key), 404 (unknown tutor), 413 (body too large), 415 (not JSON), 503
 (database unavailable)."""
@@ -14,13 +14,14 @@ import copy
 import json
 from typing import Annotated, Any
 
+import bentoml
+from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Path, Query
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, Field
 
+from fsp.errors import DatabaseUnavailable
 from service.config import LOOKAHEAD_HOURS_MAX, MAX_BATCH_SIZE, MAX_TEXT_LENGTH, READ_DAYS_MAX
+from service.refusals import install_handlers
 from service.schemas import (
     ModelInfo,
     Moment,
@@ -30,7 +31,6 @@ from service.schemas import (
     SessionRequest,
     _printable,
 )
-from training.errors import DatabaseUnavailable, FspError, UnknownTutor
 
 
 class ErrorBody(BaseModel):
@@ -71,62 +71,25 @@ TutorPath = Annotated[
 ]
 
 
-def status_of(exc: FspError) -> int:
-    """The HTTP status of an expected failure."""
-    if isinstance(exc, DatabaseUnavailable):
-        return 503
-    if isinstance(exc, UnknownTutor):
-        return 404
-    return 400
-
-
-def error_response(exc: FspError, status: int | None = None) -> JSONResponse:
-    """An expected failure as JSON: {"error": reason}."""
-    return JSONResponse({"error": str(exc)}, status_code=status or status_of(exc))
-
-
-def validation_message(errors: list[dict[str, Any]]) -> str:
-    """One line naming each wrong field and why (the first few), e.g.
-    "1 validation error: query.now: must be an ISO 8601 date and time ..."."""
-    parts = []
-    for error in errors[:3]:
-        where = ".".join(str(part) for part in error.get("loc", ())) or "request"
-        why = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{where}: {why}")
-    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-    noun = "error" if len(errors) == 1 else "errors"
-    return f"{len(errors)} validation {noun}: " + "; ".join(parts) + more
-
-
-async def _invalid_request(_: Any, exc: RequestValidationError) -> JSONResponse:
-    """422 like every other refusal: {"error": what is wrong, "detail": pydantic's errors}
-    (FastAPI's own answer has no "error")."""
-    errors = list(exc.errors())
-    body = {"error": validation_message(errors), "detail": jsonable_encoder(errors)}
-    return JSONResponse(body, status_code=422)
-
-
 def _service() -> Any:
-    import bentoml
-    from bentoml.exceptions import BentoMLException
-
+    """The service instance of the worker serving this request."""
     try:
         return bentoml.get_current_service()
     except BentoMLException as exc:
         raise DatabaseUnavailable("service is starting") from exc
 
 
+def _worker() -> Any:
+    """The parts of the worker serving this request (`service.worker.Worker`)."""
+    return _service().worker
+
+
 read_app = FastAPI(
     title="First-session risk: read endpoints",
-    description="Stored predictions, outcomes and evaluations (the seed's operations views).",
+    description="Stored predictions, outcomes and evaluations (the operations views).",
     responses={401: UNAUTHORIZED, 413: TOO_LARGE, 422: INVALID, 503: UNAVAILABLE},
 )
-read_app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
-
-
-@read_app.exception_handler(FspError)
-async def _expected(_, exc: FspError) -> JSONResponse:
-    return error_response(exc)
+install_handlers(read_app)
 
 
 @read_app.get("/predict-upcoming")
@@ -135,34 +98,29 @@ def predict_upcoming(
     now: Now = None,
 ) -> dict[str, Any]:
     """Score the scheduled first sessions starting in (now, now + lookahead_hours]."""
-    return _service().logic.upcoming(now, lookahead_hours)
+    return _worker().reads.upcoming(now, lookahead_hours)
 
 
 @read_app.get("/history/{tutor_id}", responses={404: UNKNOWN})
 def tutor_history(tutor_id: TutorPath, days: Days = 30, now: Now = None) -> dict[str, Any]:
     """The tutor's current features and first-session predictions of the last `days` days."""
-    return _service().logic.tutor_history(tutor_id, days, now)
+    return _worker().reads.tutor_history(tutor_id, days, now)
 
 
 @read_app.get("/analytics/model-performance")
 def model_performance(days: Days = 30, now: Now = None) -> dict[str, Any]:
     """Evaluations written by the monitoring flow (fsp.model_performance_logs)."""
-    return _service().logic.model_performance(days, now)
+    return _worker().reads.model_performance(days, now)
 
 
 @read_app.get("/analytics/summary")
 def summary(days: Days = 30, now: Now = None) -> dict[str, Any]:
     """Total predictions, high-risk rate, alert rate and accuracy of the last `days` days."""
-    return _service().logic.summary(days, now)
+    return _worker().reads.summary(days, now)
 
 
 meta_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, responses={401: UNAUTHORIZED})
-meta_app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
-
-
-@meta_app.exception_handler(FspError)
-async def _expected_meta(_, exc: FspError) -> JSONResponse:
-    return error_response(exc)
+install_handlers(meta_app, validates_parameters=False)  # GET /model takes no parameters
 
 
 @meta_app.get("/model")
@@ -190,6 +148,17 @@ def _refused(name: str, description: str) -> dict[str, Any]:
     return _json({"$ref": _REF.format(model=name)}, description)
 
 
+_DOCUMENTED_MODELS: tuple[type[BaseModel], ...] = (
+    SessionRequest,
+    PredictionResponse,
+    RankRequest,
+    RankResponse,
+    ErrorBody,
+    ValidationErrorBody,
+)
+_REQUEST_MODELS = (SessionRequest, RankRequest)
+
+
 def bento_openapi(spec: dict[str, Any]) -> dict[str, Any]:
     """BentoML's document of the service (`Service.openapi_spec.asdict()`), corrected:
 
@@ -201,46 +170,47 @@ def bento_openapi(spec: dict[str, Any]) -> dict[str, Any]:
       500: nothing is a 500 for a client's mistake), and 401 on everything but
       /livez and /readyz;
     - the components nothing refers to any more are dropped."""
-    from pydantic.json_schema import models_json_schema
+    from pydantic.json_schema import models_json_schema  # only when /docs.json is asked
 
     doc = copy.deepcopy(spec)
     doc["openapi"] = "3.1.0"
-    models: list[type[BaseModel]] = [
-        SessionRequest,
-        PredictionResponse,
-        RankRequest,
-        RankResponse,
-        ErrorBody,
-        ValidationErrorBody,
-    ]
     refs, defs = models_json_schema(
         [
-            (m, "validation" if m in (SessionRequest, RankRequest) else "serialization")
-            for m in models
+            (m, "validation" if m in _REQUEST_MODELS else "serialization")
+            for m in _DOCUMENTED_MODELS
         ],
         ref_template=_REF,
     )
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(defs.get("$defs", {}))
     for route, (request, answer, many) in _ENDPOINTS.items():
-        operation = doc["paths"][route]["post"]
-        body = refs[(request, "validation")]
-        out = refs[(answer, "serialization")]
-        if many:
-            body = {"type": "array", "items": body, "minItems": 1, "maxItems": MAX_BATCH_SIZE}
-            out = {"type": "array", "items": out}
-        operation["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": body}},
-        }
-        operation["responses"] = {
+        body, out = refs[(request, "validation")], refs[(answer, "serialization")]
+        doc["paths"][route]["post"].update(_bento_operation(body, out, many))
+    _document_refusals(doc)
+    _drop_unreferenced(doc)
+    return doc
+
+
+def _bento_operation(body: dict[str, Any], out: dict[str, Any], many: bool) -> dict[str, Any]:
+    """A BentoML endpoint's request body and answers, as the service sends them."""
+    if many:
+        body = {"type": "array", "items": body, "minItems": 1, "maxItems": MAX_BATCH_SIZE}
+        out = {"type": "array", "items": out}
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {
             "200": _json(out, "the risk, its reasons and the model version"),
             "400": _refused("ValidationErrorBody", "a field is missing or wrong (named in detail)"),
             "401": _refused("ErrorBody", UNAUTHORIZED["description"]),
             "413": _refused("ErrorBody", TOO_LARGE["description"]),
             "415": _refused("ErrorBody", "the body is a form, not application/json"),
             "503": _refused("ErrorBody", UNAVAILABLE["description"]),
-        }
+        },
+    }
+
+
+def _document_refusals(doc: dict[str, Any]) -> None:
+    """No 500 anywhere; 401 on everything but /livez and /readyz; /readyz's 503 text."""
     for route, item in doc["paths"].items():
         for operation in item.values():
             if not isinstance(operation, dict) or "responses" not in operation:
@@ -253,8 +223,6 @@ def bento_openapi(spec: dict[str, Any]) -> dict[str, Any]:
         "description": "not ready, and why (plain text)",
         "content": {"text/plain": {"schema": {"type": "string"}}},
     }
-    _drop_unreferenced(doc)
-    return doc
 
 
 def _drop_unreferenced(doc: dict[str, Any]) -> None:

@@ -14,24 +14,24 @@ rebuilds the type's JSON schema on every request, and writes the answer through
 - the answer is a list of JSON texts, one per row (`RiskService.predict_batch_json`),
   joined into the body in one call.
 
-They rely on `IORootModel` from BentoML's SDK (pinned in bentofile.yaml); the HTTP
-tests exercise both, and the logic tests hold the row rules equal to
+They derive from BentoML's `IORootModel` (private: `service.bentoml_adapter`); the
+HTTP tests exercise both, and the logic tests hold the row rules equal to
 `SessionRequest`'s."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, ClassVar, NotRequired
 
-from _bentoml_sdk.io_models import IORootModel
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import InitErrorDetails
 from typing_extensions import TypedDict
 
+from service.bentoml_adapter import IORootModel, mark_root_input
 from service.config import MAX_BATCH_SIZE
 from service.schemas import (
     Identifier,
     Moment,
-    PredictionResponse,
     ReferenceCheck,
     SessionBatch,
     Subject,
@@ -171,20 +171,16 @@ class SessionBatchInput(IORootModel[SessionBatch]):  # type: ignore[valid-type]
         return cls.model_construct(root=parse_batch(json_data))
 
 
-class PredictionList(IORootModel[list[PredictionResponse]]):
+class PredictionList(IORootModel[list[str]]):
     """The answers, in request order: JSON texts (one per row) joined in one call.
 
-    The service hands over each row's JSON text (built by
-    `RiskService.predict_batch_json`); they are not validated again row by row. The
-    media type is set, or BentoML would derive it from the JSON schema per response."""
+    The service hands over each row's JSON text in PredictionResponse's shape (built
+    by `RiskService.predict_batch_json`); they are checked to be texts, not parsed
+    again row by row (the OpenAPI document, `service.api.bento_openapi`, documents
+    the PredictionResponse list sent). The media type is set, or BentoML would derive
+    it from the JSON schema per response."""
 
     media_type: ClassVar[str | None] = "application/json"
-
-    def __init__(self, root: list[str]) -> None:
-        object.__setattr__(self, "__dict__", {"root": root})
-        object.__setattr__(self, "__pydantic_fields_set__", {"root"})
-        object.__setattr__(self, "__pydantic_extra__", None)
-        object.__setattr__(self, "__pydantic_private__", None)
 
     def _body(self) -> str:
         return "[" + ",".join(self.root) + "]"
@@ -192,12 +188,10 @@ class PredictionList(IORootModel[list[PredictionResponse]]):
     def model_dump(self, **kwargs: Any) -> Any:  # type: ignore[override]
         if not kwargs:  # BentoML's response path: bytes are sent as the body as they are
             return self._body().encode()
-        import json
-
         return json.loads(self._body())
 
     def model_dump_json(self, **kwargs: Any) -> str:  # type: ignore[override]
         return self._body()
 
 
-SessionBatchInput.__root_input__ = True  # type: ignore[attr-defined]
+mark_root_input(SessionBatchInput)

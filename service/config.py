@@ -1,8 +1,8 @@
 """Tunables of the serving role only (names, limits, timings), each defined once here.
 
-Shared constants (alias names, risk bands) stay in `training.constants`;
+Shared constants (alias names, risk bands) stay in `fsp.constants`;
 what a deployment changes (database, MLflow store, state folder) comes from
-`training.settings.get_settings()`."""
+`fsp.settings.get_settings()`."""
 
 from __future__ import annotations
 

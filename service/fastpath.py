@@ -3,13 +3,14 @@
 Why: calling the logged sklearn pipeline costs ~2 ms per call whatever the row
 count (DataFrame checks, ColumnTransformer-like overhead), the same arithmetic in
 numpy a few microseconds. For a calibrated logistic regression the whole model is
-`expit(-(a * (((encode(x) - mean) / scale) @ w + c) + b))`, so packaging extracts
-those parameters (with the encoding layout from `training.encoding`) into a small
-JSON file in the Bento model, and the server evaluates them directly. The tests
+`expit(-(a * (encode(x) @ w + c) + b))`, where `encode` is the logged model's own
+fitted encoder (`fsp.encoding.FittedEncoding`, which `RiskFeatureEncoder.transform`
+itself runs), so packaging extracts those parameters into a small JSON file in the
+Bento model, and the server evaluates them directly. The tests
 check that the fast path equals `ScoringModel.probabilities` and
 `ScoringModel.contributions` on every holdout row to 1e-9; packaging refuses to
 build when it does not on its probe rows. Any other model family is served through
-`training.scoring.ScoringModel` itself (exact, slower).
+`fsp.scoring.ScoringModel` itself (exact, slower).
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 
-from training.constants import RISK_BANDS, risk_level, risk_score
-from training.encoding import BASE_FEATURE_SET, NUMERIC_INPUTS, encode_numeric, subject_notes
-from training.features import FACTOR_LABELS, MODEL_INPUT_COLUMNS, TUTOR_HISTORY_COLUMNS
+from fsp.constants import RISK_BANDS, risk_level, risk_score
+from fsp.encoding import BASE_FEATURE_SET, NUMERIC_INPUTS, FittedEncoding
+from fsp.features import FACTOR_LABELS, MODEL_INPUT_COLUMNS, TUTOR_HISTORY_COLUMNS
 
 if TYPE_CHECKING:
-    from training.scoring import ScoringModel
+    from fsp.scoring import ScoringModel
 
 NUMERIC_COLUMNS: tuple[str, ...] = NUMERIC_INPUTS
 """Model input without `subject`, in MODEL_INPUT_COLUMNS order."""
@@ -69,22 +70,18 @@ class ModelRows:
 class LinearParams:
     """Everything needed to evaluate the calibrated linear model without sklearn."""
 
-    subjects: tuple[str, ...]
-    bin_edges: tuple[tuple[float, ...], ...]
-    mean: np.ndarray
-    scale: np.ndarray
+    encoding: FittedEncoding
     coef: np.ndarray
     intercept: float
     platt_a: float
     platt_b: float
     groups: np.ndarray  # (encoded columns, MODEL_INPUT_COLUMNS): 1 where a column belongs
     top_factors: int
-    feature_set: str = BASE_FEATURE_SET
 
     @classmethod
     def from_scoring_model(cls, model: ScoringModel) -> LinearParams:
         """Read the fitted parameters (packaging time: sklearn is loaded there anyway)."""
-        from training.scoring import TOP_FACTORS, grouping
+        from fsp.scoring import TOP_FACTORS, grouping
 
         if not model.is_linear:
             raise ValueError("the fast path exists only for a linear model with Platt scaling")
@@ -92,34 +89,30 @@ class LinearParams:
         pipeline, calibrator = calibrated.estimator, calibrated.calibrators[0]
         encoder, clf = pipeline.named_steps["encode"], pipeline.named_steps["clf"]
         return cls(
-            subjects=tuple(encoder.subjects_),
-            bin_edges=tuple(tuple(edges) for edges in encoder.bin_edges_),
-            mean=np.asarray(encoder.mean_, dtype=float),
-            scale=np.asarray(encoder.scale_, dtype=float),
+            encoding=encoder.fitted(),
             coef=np.asarray(clf.coef_[0], dtype=float),
             intercept=float(clf.intercept_[0]),
             platt_a=float(calibrator.a_),
             platt_b=float(calibrator.b_),
             groups=grouping(encoder.get_feature_names_out().tolist()),
             top_factors=int(TOP_FACTORS),
-            feature_set=encoder.feature_set,
         )
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form; floats round-trip exactly through `repr`."""
         return {
             "model_input_columns": list(MODEL_INPUT_COLUMNS),
-            "subjects": list(self.subjects),
-            "bin_edges": [list(edges) for edges in self.bin_edges],
-            "mean": self.mean.tolist(),
-            "scale": self.scale.tolist(),
+            "subjects": list(self.encoding.subjects),
+            "bin_edges": [list(edges) for edges in self.encoding.bin_edges],
+            "mean": self.encoding.mean.tolist(),
+            "scale": self.encoding.scale.tolist(),
             "coef": self.coef.tolist(),
             "intercept": self.intercept,
             "platt_a": self.platt_a,
             "platt_b": self.platt_b,
             "groups": self.groups.tolist(),
             "top_factors": self.top_factors,
-            "feature_set": self.feature_set,
+            "feature_set": self.encoding.feature_set,
         }
 
     @classmethod
@@ -127,18 +120,21 @@ class LinearParams:
         """Refuses parameters written for another model input layout."""
         if tuple(data["model_input_columns"]) != MODEL_INPUT_COLUMNS:
             raise ValueError("fast-path parameters were written for other model input columns")
-        return cls(
+        encoding = FittedEncoding(
             subjects=tuple(data["subjects"]),
             bin_edges=tuple(tuple(float(e) for e in edges) for edges in data["bin_edges"]),
             mean=np.asarray(data["mean"], dtype=float),
             scale=np.asarray(data["scale"], dtype=float),
+            feature_set=str(data.get("feature_set", BASE_FEATURE_SET)),
+        )
+        return cls(
+            encoding=encoding,
             coef=np.asarray(data["coef"], dtype=float),
             intercept=float(data["intercept"]),
             platt_a=float(data["platt_a"]),
             platt_b=float(data["platt_b"]),
             groups=np.asarray(data["groups"], dtype=float),
             top_factors=int(data["top_factors"]),
-            feature_set=str(data.get("feature_set", BASE_FEATURE_SET)),
         )
 
     def save(self, path: Path) -> None:
@@ -163,29 +159,22 @@ class Scorer(Protocol):
 
 class FastLinearScorer:
     """The calibrated linear model in plain numpy, encoding with the logged model's own
-    function (`training.encoding.encode_numeric`)."""
+    encoder (`fsp.encoding.FittedEncoding`)."""
 
     def __init__(self, params: LinearParams) -> None:
         self.params = params
         self.top_factors = params.top_factors
-        self._subject_code = {s: i for i, s in enumerate(params.subjects)}
+        self._encoding = params.encoding
         self._weights = params.coef
         self._contribution_scale = -params.platt_a * params.coef
 
     def encode(self, rows: ModelRows) -> np.ndarray:
         """The standardised encoded matrix (what the classifier sees)."""
-        raw = encode_numeric(
-            rows.numeric,
-            rows.subjects,
-            self._subject_code,
-            self.params.bin_edges,
-            feature_set=self.params.feature_set,
-        )
-        return (raw - self.params.mean) / self.params.scale
+        return self._encoding.transform(rows.numeric, rows.subjects)
 
     def notes(self, subjects: Sequence[str]) -> list[list[str]]:
         """Per row: a note when its subject is scored as 'other'."""
-        return subject_notes(subjects, self.params.subjects)
+        return self._encoding.notes(subjects)
 
     def _probabilities(self, Z: np.ndarray) -> np.ndarray:
         decision = Z @ self._weights + self.params.intercept
@@ -228,7 +217,7 @@ class SklearnScorer:
 def scored(
     scorer: FastLinearScorer | SklearnScorer, rows: ModelRows, threshold: float, version: str
 ):
-    """Per row: the risk fields and its top factors, worded as `training.scoring.score`
+    """Per row: the risk fields and its top factors, worded as `fsp.scoring.score`
     words them (same order, same rounding). Plain dicts: this loop is the per-row cost
     of a batch, so everything per row is a list lookup."""
     p, contributions = scorer.score(rows)

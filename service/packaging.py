@@ -8,6 +8,7 @@ used from one Python process (the tests do)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -20,11 +21,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fsp.constants import CHAMPION_ALIAS
+from fsp.errors import FspError
+from fsp.features import MODEL_INPUT_COLUMNS
+from fsp.settings import PROJECT_ROOT, Settings
 from service.config import BENTO_MODEL_ARTIFACT, FAST_PATH_FILE, SERVICE_NAME
-from training.constants import CHAMPION_ALIAS
-from training.errors import FspError
-from training.features import MODEL_INPUT_COLUMNS
-from training.settings import PROJECT_ROOT, Settings
+
+log = logging.getLogger(__name__)
 
 BENTOFILE = PROJECT_ROOT / "bentofile.yaml"
 FAST_PATH_TOLERANCE = 1e-9
@@ -89,7 +92,7 @@ def probe_rows(example: pd.DataFrame, n: int = PROBE_ROWS, seed: int = 0) -> pd.
 def fast_path_error(scoring_model, params, X: pd.DataFrame) -> float:
     """Largest difference between the fast path and ScoringModel (probabilities and
     contributions) on X."""
-    from service.fastpath import FastLinearScorer, ModelRows
+    from service.fastpath import FastLinearScorer, ModelRows  # sklearn: off `fsp serve`'s path
 
     fast = FastLinearScorer(params)
     rows = ModelRows.from_frame(X)
@@ -102,91 +105,105 @@ def fast_path_error(scoring_model, params, X: pd.DataFrame) -> float:
     )
 
 
-def _existing_model(store, name: str, version: str, run_id: str):
-    from bentoml.exceptions import NotFound
+def _existing_model(home: Path, name: str, version: str, run_id: str) -> Any:
+    """The newest BentoML model imported from this MLflow version and run, or None."""
+    from service.bentoml_adapter import models_named  # bentoml: off the CLI's start
 
-    try:
-        models = store.list(name)
-    except NotFound:
-        return None
     same = [
         m
-        for m in models
+        for m in models_named(home, name)
         if m.info.labels.get("mlflow_version") == version
         and m.info.labels.get("mlflow_run_id") == run_id
     ]
     return max(same, key=lambda m: m.creation_time) if same else None
 
 
-def import_champion(settings: Settings, home: Path) -> dict[str, Any]:
-    """The champion's MLflow model into the BentoML store (once per version): the logged
-    model folder as downloaded, plus the fast-path parameters when the model is linear
-    and they reproduce it to 1e-9 on the probe rows."""
-    import bentoml
-    import mlflow
-    from bentoml._internal.models import ModelStore
-
-    from service.fastpath import LinearParams
-    from training.registry import aliased_version, load_sklearn, make_client
-    from training.scoring import ScoringModel
-
-    client = make_client(settings)
-    version = aliased_version(client, settings.model_name, CHAMPION_ALIAS)
-    number, run_id = str(version.version), version.run_id or ""
-    (home / "models").mkdir(parents=True, exist_ok=True)
-    store = ModelStore(home / "models")
-    existing = _existing_model(store, settings.model_name, number, run_id)
-    if existing is not None:
-        return {
-            "model_tag": str(existing.tag),
-            "mlflow_version": number,
-            "mlflow_run_id": run_id,
-            "scoring_path": existing.info.metadata.get("scoring_path"),
-            "imported": False,
-        }
-    with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{settings.model_name}/{number}", dst_path=tmp
-        )
-        threshold = float(version.tags.get("alert_threshold", "0.5"))
-        scoring = ScoringModel(load_sklearn(local), number, threshold, run_id, settings.model_name)
-        params, error = None, None
-        if scoring.is_linear:
-            params = LinearParams.from_scoring_model(scoring)
-            example = pd.read_json(Path(local) / "input_example.json", orient="split")
-            error = fast_path_error(scoring, params, probe_rows(example))
-            if not error <= FAST_PATH_TOLERANCE:
-                params = None  # serve through sklearn rather than risk a different answer
-        labels = {
-            "mlflow_model": settings.model_name,
-            "mlflow_version": number,
-            "mlflow_run_id": run_id,
-        }
-        metadata = {
-            "alert_threshold": threshold,
-            "model_type": version.tags.get("model_type", ""),
-            "holdout_auc_roc": version.tags.get("holdout_auc_roc", ""),
-            "cutoff": version.tags.get("cutoff", ""),
-            "training_window": version.tags.get("training_window", ""),
-            "data_fingerprint": version.tags.get("data_fingerprint", ""),
-            "scoring_path": "numpy fast path" if params is not None else "sklearn",
-            # BentoML metadata takes no None: a non-linear champion has no fast path.
-            "fast_path_max_error": error if error is not None else "n/a (not linear)",
-            "mlflow_tracking_uri": settings.resolved_mlflow_uri,
-        }
-        with bentoml.models.create(
-            settings.model_name, labels=labels, metadata=metadata, _model_store=store
-        ) as model:
-            shutil.copytree(local, model.path_of(BENTO_MODEL_ARTIFACT))
-            if params is not None:
-                params.save(Path(model.path_of(FAST_PATH_FILE)))
+def _imported(model: Any, number: str, run_id: str, imported: bool) -> dict[str, Any]:
+    """What `import_champion` reports of a BentoML model."""
     return {
         "model_tag": str(model.tag),
         "mlflow_version": number,
         "mlflow_run_id": run_id,
-        "scoring_path": metadata["scoring_path"],
-        "imported": True,
+        "scoring_path": model.info.metadata.get("scoring_path"),
+        "imported": imported,
     }
+
+
+def _fast_path(scoring: Any, local: Path) -> tuple[Any, float | None]:
+    """The fast-path parameters of a linear model when they reproduce it to
+    FAST_PATH_TOLERANCE on the probe rows (else None), and the error measured."""
+    from service.fastpath import LinearParams  # sklearn: off `fsp serve`'s path
+
+    if not scoring.is_linear:
+        return None, None
+    params = LinearParams.from_scoring_model(scoring)
+    example = pd.read_json(local / "input_example.json", orient="split")
+    error = fast_path_error(scoring, params, probe_rows(example))
+    if not error <= FAST_PATH_TOLERANCE:
+        return None, error  # serve through sklearn rather than risk a different answer
+    return params, error
+
+
+def _model_metadata(settings: Settings, version: Any, fast: bool, error: float | None) -> dict:
+    """The BentoML model's metadata: the MLflow version's tags the service reports."""
+    tags = version.tags
+    return {
+        "alert_threshold": float(tags.get("alert_threshold", "0.5")),
+        "model_type": tags.get("model_type", ""),
+        "holdout_auc_roc": tags.get("holdout_auc_roc", ""),
+        "cutoff": tags.get("cutoff", ""),
+        "training_window": tags.get("training_window", ""),
+        "data_fingerprint": tags.get("data_fingerprint", ""),
+        "scoring_path": "numpy fast path" if fast else "sklearn",
+        # BentoML metadata takes no None: a non-linear champion has no fast path.
+        "fast_path_max_error": error if error is not None else "n/a (not linear)",
+        "mlflow_tracking_uri": settings.resolved_mlflow_uri,
+    }
+
+
+def import_champion(settings: Settings, home: Path) -> dict[str, Any]:
+    """The champion's MLflow model into the BentoML store (once per version): the logged
+    model folder as downloaded, plus the fast-path parameters when the model is linear
+    and they reproduce it to 1e-9 on the probe rows.
+
+    Why not `bentoml.mlflow.import_model`, which also downloads the logged model into
+    the BentoML model's `mlflow_model` folder: it writes into the store of BENTOML_HOME
+    as read when bentoml was first imported (the tests package into several stores
+    from one process), and it saves the model before returning, so the fast-path
+    file could only be added to a model already saved. `bentoml.models.create`
+    (through `service.bentoml_adapter`, for the store's folder) does both in one
+    step; the served Bento opens the folder the same way either would write it."""
+    # MLflow, sklearn and bentoml: imported only when a model is packaged.
+    import mlflow
+
+    from fsp.model_store import aliased_version, load_sklearn, make_client
+    from fsp.scoring import ScoringModel
+    from service.bentoml_adapter import create_model
+
+    version = aliased_version(make_client(settings), settings.model_name, CHAMPION_ALIAS)
+    number, run_id = str(version.version), version.run_id or ""
+    existing = _existing_model(home, settings.model_name, number, run_id)
+    if existing is not None:
+        return _imported(existing, number, run_id, imported=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{settings.model_name}/{number}", dst_path=tmp
+            )
+        )
+        threshold = float(version.tags.get("alert_threshold", "0.5"))
+        scoring = ScoringModel(
+            load_sklearn(str(local)), number, threshold, run_id, settings.model_name
+        )
+        params, error = _fast_path(scoring, local)
+        labels = {"mlflow_model": settings.model_name, "mlflow_version": number}
+        labels["mlflow_run_id"] = run_id
+        metadata = _model_metadata(settings, version, params is not None, error)
+        with create_model(home, settings.model_name, labels, metadata) as model:
+            shutil.copytree(local, model.path_of(BENTO_MODEL_ARTIFACT))
+            if params is not None:
+                params.save(Path(model.path_of(FAST_PATH_FILE)))
+    return _imported(model, number, run_id, imported=True)
 
 
 def build_bento(home: Path, model: dict[str, Any]) -> str:
@@ -250,19 +267,18 @@ def package_champion(settings: Settings) -> dict[str, Any]:
 
 def latest_bento(home: Path) -> str:
     """The tag of the most recently built Bento of this service."""
-    from bentoml._internal.bento import BentoStore
-    from bentoml.exceptions import NotFound
+    from service.bentoml_adapter import latest_bento_tag  # bentoml: off the CLI's start
 
-    try:
-        return str(BentoStore(home / "bentos").get(f"{SERVICE_NAME}:latest").tag)
-    except (NotFound, FileNotFoundError):
-        raise NotPackaged(f"no Bento in {home}: run `fsp package` first") from None
+    tag = latest_bento_tag(home, SERVICE_NAME)
+    if tag is None:
+        raise NotPackaged(f"no Bento in {home}: run `fsp package` first")
+    return tag
 
 
 def serving_env(settings: Settings, home: Path) -> dict[str, str]:
     """The served Bento's environment: its settings (DATABASE_URL resolved now, so the
     embedded default is started once, here, under FSP_STATE_DIR) and the store."""
-    from training.db import database_url
+    from fsp.db import database_url
 
     env = bentoml_env(home)
     env["DATABASE_URL"] = database_url(settings)
@@ -287,7 +303,7 @@ def exposure_warning(settings: Settings, host: str) -> str | None:
         return None
     try:
         loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
+    except ValueError:  # a host name, not an address: only "localhost" is known loopback
         loopback = host == "localhost"
     if loopback:
         return None
@@ -305,7 +321,7 @@ def serve_packaged(settings: Settings, port: int, host: str = DEFAULT_HOST) -> N
     command = serve_command(tag, port, host)
     warning = exposure_warning(settings, host)
     if warning:
-        print(warning, file=sys.stderr)
+        log.warning(warning)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(command[0], command, serving_env(settings, home))

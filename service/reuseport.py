@@ -33,6 +33,8 @@ What it does, in the worker only (anywhere else it does nothing):
 - puts the new socket at descriptor N (`dup2`), where uvicorn will listen.
 """
 
+# private-api: _bentoml_impl's worker (--fd N shared socket), uvicorn's lifespan order
+
 from __future__ import annotations
 
 import contextlib

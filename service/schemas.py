@@ -172,7 +172,7 @@ def _zone_exists(name: str) -> bool:
     remembered (a few hundred at most), never the strings a caller makes up."""
     if name in _KNOWN_ZONES:
         return True
-    from training.features import known_zone
+    from fsp.calendar import known_zone
 
     if not known_zone(name):
         return False

@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 import psycopg
 
-from training.constants import EARLIEST_START, LATEST_START, RISK_BANDS
-from training.predictions import STORED_COLUMNS, prediction_rows, stage_incoming
+from fsp.constants import EARLIEST_START, LATEST_START, RISK_BANDS
+from fsp.predictions import STORED_COLUMNS, prediction_rows, stage_incoming
 
 LEVELS = tuple(name for name, _ in RISK_BANDS)
 HIGH_RISK_LEVELS = LEVELS[LEVELS.index("HIGH") :]
@@ -75,7 +75,7 @@ REPRESENTABLE_START = (
     f"scheduled_start >= '{EARLIEST_START.isoformat()}'"
     f" AND scheduled_start < '{LATEST_START.isoformat()}'"
 )
-"""A start Python and pandas can hold (training.constants). A row outside it is left
+"""A start Python and pandas can hold (fsp.constants). A row outside it is left
 out of the read endpoints rather than failing every call for that tutor."""
 
 
@@ -150,6 +150,6 @@ def as_json(value: Any) -> Any:
     if isinstance(value, str) and value[:1] in "[{":
         try:
             return json.loads(value)
-        except ValueError:
+        except ValueError:  # text that only looks like JSON: it is answered as the text
             return value
     return value

@@ -25,7 +25,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 
 from flows.cli import ephemeral_prefect_defaults  # noqa: E402
-from training.settings import PROJECT_ROOT, get_settings  # noqa: E402
+from fsp.settings import PROJECT_ROOT, get_settings  # noqa: E402
 
 ephemeral_prefect_defaults()
 
@@ -38,7 +38,7 @@ def server_url() -> str:
     """A URL of a PostgreSQL server on which tests may create databases."""
     if SERVER_URL:
         return SERVER_URL
-    from training.db import _embedded_url
+    from fsp.db import _embedded_url
 
     return _embedded_url(PROJECT_ROOT / ".fsp" / "test-pg")
 
@@ -77,7 +77,7 @@ def prefect_harness() -> Iterator[None]:
     tests that need services only: the pure tests never pay for it."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=600):
         yield
 
 
@@ -109,8 +109,8 @@ def fsp_env(empty_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
 
 def seed_demo(url: str, tutors: int = 150, days: int = 120, seed: int = 3) -> dict[str, int]:
     """Schema + demo history ending at DEMO_NOW in the database at `url`."""
-    from training import demo_data
-    from training.db import connect, upgrade
+    from fsp import demo_data
+    from fsp.db import connect, upgrade
 
     with connect(url) as conn:
         upgrade(conn)

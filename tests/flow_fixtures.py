@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from training.settings import get_settings
+from fsp.settings import get_settings
 
 
 def free_port() -> int:

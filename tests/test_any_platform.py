@@ -25,7 +25,7 @@ import pytest
 from conftest import DEMO_NOW, configure_env, create_database, drop_database
 from service_fixtures import READY_TIMEOUT_S, free_port, wait_until
 
-from training.settings import PROJECT_ROOT, get_settings
+from fsp.settings import PROJECT_ROOT, get_settings
 
 pytestmark = pytest.mark.services
 WEEK = 24 * 7
@@ -35,8 +35,8 @@ WEEK = 24 * 7
 def intl_world(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """The international demo platform in a database of its own, with a champion."""
     from flows.train import train_flow
-    from training import demo_data
-    from training.db import connect, upgrade
+    from fsp import demo_data
+    from fsp.db import connect, upgrade
 
     url = create_database(server_url)
     state = tmp_path_factory.mktemp("intl-state")
@@ -57,16 +57,16 @@ def intl_world(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def champion(intl_world: dict):
-    from training.registry import make_client
-    from training.scoring import load_scoring_model
+    from fsp.model_store import make_client
+    from fsp.scoring import load_scoring_model
 
     settings = get_settings()
     return load_scoring_model(make_client(settings), settings.model_name)
 
 
 def test_vocabulary_is_learned_from_the_platform_and_logged(intl_world: dict, champion) -> None:
-    from training.demo_data import INTERNATIONAL_SUBJECT_MIX as INTERNATIONAL_SUBJECTS
-    from training.registry import make_client
+    from fsp.demo_data import INTERNATIONAL_SUBJECT_MIX as INTERNATIONAL_SUBJECTS
+    from fsp.model_store import make_client
 
     learned = set(champion.encoder.subjects_)
     assert learned and learned <= set(INTERNATIONAL_SUBJECTS)
@@ -84,8 +84,8 @@ def test_a_subject_with_a_real_effect_moves_the_risk_the_right_way(
 ) -> None:
     """In this world 'AP Physics' raises the odds of a poor session and 'Chess' lowers
     them (the generator's effects): the trained model agrees, session by session."""
+    from fsp.demo_data import INTERNATIONAL_SUBJECT_EFFECTS as effects
     from training.dataset import build_training_set
-    from training.demo_data import INTERNATIONAL_SUBJECT_EFFECTS as effects
 
     assert effects["AP Physics"] > 0 > effects["Chess"]
     with psycopg.connect(intl_world["database_url"]) as conn:

@@ -6,6 +6,7 @@ served Bento in test_service_http.py."""
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -17,17 +18,17 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from fsp.settings import Settings
 from service.config import OTHER_ROUTE_LABEL
-from service.schemas import Moment, _zone_exists, start_window_problem
-from service.service import (
+from service.middleware import (
     AccessGuard,
     BodyLimit,
-    OneLineExpectedErrors,
     RestorePath,
     RouteLabels,
     route_labels,
 )
-from training.settings import Settings
+from service.refusals import OneLineExpectedErrors
+from service.schemas import Moment, _zone_exists, start_window_problem
 
 KEYS = "alpha-key, beta-key,,"
 
@@ -99,7 +100,7 @@ def test_every_key_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch)
         calls.append(b)
         return compare(a, b)
 
-    monkeypatch.setattr("service.service.hmac.compare_digest", counting)
+    monkeypatch.setattr("service.middleware.hmac.compare_digest", counting)
     client = _guarded()
     assert client.get("/model", headers={"Authorization": "Bearer alpha-key"}).status_code == 200
     assert calls == [b"alpha-key", b"beta-key"]
@@ -248,12 +249,15 @@ def test_unknown_zones_are_not_remembered() -> None:
 
 
 def test_serve_listens_on_loopback_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.cli import _parser
+    import typer
+
+    from flows.cli import app
     from service.packaging import exposure_warning, serve_command
 
-    args = _parser().parse_args(["serve"])
-    assert args.host == "127.0.0.1" and args.port == 3000
-    assert _parser().parse_args(["serve", "--host", "0.0.0.0"]).host == "0.0.0.0"
+    serve = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
+    args = serve.make_context("serve", []).params
+    assert args["host"] == "127.0.0.1" and args["port"] == 3000
+    assert serve.make_context("serve", ["--host", "0.0.0.0"]).params["host"] == "0.0.0.0"
     command = serve_command("svc:v1", 3000)
     assert command[command.index("--host") + 1] == "127.0.0.1"
     open_settings = Settings(FSP_API_KEY=None)
@@ -267,13 +271,15 @@ def test_serve_listens_on_loopback_unless_told(monkeypatch: pytest.MonkeyPatch) 
 def test_service_connections_give_up_quickly(server_url: str) -> None:
     """The health and pooled connections carry a short connect timeout and TCP timeouts
     (a vanished host fails a query in seconds, not after the kernel's minutes)."""
-    from service.lookup import SnapshotKeeper
+    from service.database import DatabaseHealth, RequestPool
 
-    keeper = SnapshotKeeper(resolve_url=lambda: server_url, clock=lambda: datetime.now(UTC))
+    health = DatabaseHealth(resolve_url=lambda: server_url)
+    pool = RequestPool(health)
+    health.located.append(pool.open)
     try:
-        assert keeper.check_database() and keeper.db_error is None
-        with keeper.connection() as pooled:
-            connections = (keeper._health, pooled)
+        assert health.check() and health.error is None
+        with pool.connection() as pooled:
+            connections = (health.connection, pooled)
             for conn in connections:
                 assert conn is not None
                 options = {o.keyword: o.val for o in conn.pgconn.info}
@@ -281,7 +287,8 @@ def test_service_connections_give_up_quickly(server_url: str) -> None:
                 assert options[b"tcp_user_timeout"] == b"3000"
                 assert options[b"keepalives_idle"] == b"5"
     finally:
-        keeper.stop()
+        pool.close()
+        health.close()
 
 
 def test_a_dead_database_answers_within_a_second() -> None:
@@ -289,23 +296,49 @@ def test_a_dead_database_answers_within_a_second() -> None:
     and the reason a caller reads says nothing of where the database is."""
     import time
 
+    from fsp.errors import DatabaseUnavailable
+    from service.database import DatabaseHealth, RequestPool
     from service.lookup import SnapshotKeeper
-    from training.errors import DatabaseUnavailable
 
-    keeper = SnapshotKeeper(
-        resolve_url=lambda: "postgresql://nobody@127.0.0.1:9/secretdb",
-        clock=lambda: datetime.now(UTC),
-    )
+    health = DatabaseHealth(resolve_url=lambda: "postgresql://nobody@127.0.0.1:9/secretdb")
+    pool = RequestPool(health)
+    health.located.append(pool.open)
+    keeper = SnapshotKeeper(health, clock=lambda: datetime.now(UTC))
     try:
         started = time.monotonic()
-        assert not keeper.check_database()
+        assert not health.check()
         assert keeper.not_ready_reason == "database unavailable"
-        keeper.db_error = None  # as if the health check had not noticed yet
+        health.error = None  # as if the health check had not noticed yet
         with (
             pytest.raises(DatabaseUnavailable, match=r"^database unavailable$"),
-            keeper.connection(),
+            pool.connection(),
         ):
             pass
         assert time.monotonic() - started < 1.5
     finally:
-        keeper.stop()
+        pool.close()
+        health.close()
+
+
+def test_one_table_maps_each_expected_failure_to_its_status() -> None:
+    """Every endpoint answers an expected failure with the status of `STATUS_OF` and the
+    one body shape; the batchable endpoint raises what BentoML answers with that status."""
+    from bentoml.exceptions import ServiceUnavailable
+
+    from fsp.errors import DatabaseUnavailable, InvalidInput, NoChampion, UnknownTutor
+    from service.refusals import batch_refusal, error_response, status_of
+
+    cases = {
+        DatabaseUnavailable("database unavailable"): 503,
+        UnknownTutor("unknown tutor_id 'T'"): 404,
+        InvalidInput("student_id: unknown student_id 'S'"): 400,
+        NoChampion("no champion"): 400,
+    }
+    for exc, status in cases.items():
+        assert status_of(exc) == status
+        response = error_response(exc)
+        assert response.status_code == status
+        assert json.loads(bytes(response.body)) == {"error": str(exc)}
+    assert isinstance(batch_refusal(DatabaseUnavailable("down")), ServiceUnavailable)
+    invalid = batch_refusal(InvalidInput("unknown tutor_id 'T'"))
+    assert isinstance(invalid, ValidationError) and "unknown tutor_id 'T'" in str(invalid)

@@ -61,7 +61,15 @@ def test_schema_demo_data_and_refusal(empty_db, tmp_path):
     again = run_fsp("db", "upgrade", env=env)
     assert again.returncode == 0 and "up to date" in again.stdout
     made = run_fsp(
-        "demo-data", "--tutors", "30", "--days", "40", "--now", DEMO_NOW.isoformat(), env=env
+        "demo-data",
+        "--json",
+        "--tutors",
+        "30",
+        "--days",
+        "40",
+        "--now",
+        DEMO_NOW.isoformat(),
+        env=env,
     )
     assert made.returncode == 0, made.stderr
     assert '"tutors": 30' in made.stdout
@@ -79,7 +87,7 @@ def test_malformed_as_of_is_named(empty_db, tmp_path):
 def test_empty_platform_is_refused_and_registers_nothing(empty_db, tmp_path):
     env = _env(empty_db, tmp_path)
     run_fsp("db", "upgrade", env=env)
-    from training.db import connect, ensure_platform_schema
+    from fsp.db import connect, ensure_platform_schema
 
     with connect(empty_db) as conn:
         ensure_platform_schema(conn)
@@ -108,5 +116,5 @@ def test_promote_refuses_unknown_and_malformed_versions(trained_world):
     env = _env(trained_world["database_url"], trained_world["state_dir"])
     assert_one_line_failure(run_fsp("promote", "99", env=env), "no version '99'")
     assert_one_line_failure(run_fsp("promote", "latest", env=env), "VERSION")
-    listing = run_fsp("models", env=env)
+    listing = run_fsp("models", "--json", env=env)
     assert listing.returncode == 0 and '"champion"' in listing.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from training.db import ensure_platform_schema, upgrade
+from fsp.db import ensure_platform_schema, upgrade
 
 pytestmark = pytest.mark.services
 

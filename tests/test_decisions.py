@@ -9,9 +9,9 @@ import numpy as np
 import psycopg
 import pytest
 
-from flows.alert_queue import backoff
+from alerting.queue import backoff
 from flows.retrying import is_transient
-from training.errors import DatabaseUnavailable, InvalidInput, NoChampion, RegistryUnavailable
+from fsp.errors import DatabaseUnavailable, InvalidInput, NoChampion, RegistryUnavailable
 from training.model import choose_threshold, pick_best
 from training.registry import judge
 

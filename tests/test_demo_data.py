@@ -13,10 +13,10 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from fsp import demo_data
+from fsp.db import ensure_platform_schema, platform_is_empty
+from fsp.errors import InvalidInput, PlatformNotEmpty
 from tests.conftest import DEMO_NOW
-from training import demo_data
-from training.db import ensure_platform_schema, platform_is_empty
-from training.errors import InvalidInput, PlatformNotEmpty
 
 SPEC = demo_data.DemoSpec(tutors=300, days=120, seed=11, now=DEMO_NOW)
 WORLD = demo_data.DemoSpec(tutors=300, days=120, seed=11, now=DEMO_NOW, platform="international")

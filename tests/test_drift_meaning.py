@@ -17,10 +17,10 @@ import psycopg
 import pytest
 from conftest import DEMO_NOW, configure_env, create_database, drop_database
 
-from flows.drift import apply_view, column_kind, drift_report, drift_view
-from training.features import MODEL_INPUT_COLUMNS
-from training.live_check import bootstrap_auc_interval, live_check
-from training.settings import get_settings
+from fsp.features import MODEL_INPUT_COLUMNS
+from fsp.settings import get_settings
+from monitoring.drift import apply_view, column_kind, drift_report, drift_view
+from monitoring.live_check import bootstrap_auc_interval, live_check
 
 WINDOW = 28
 
@@ -79,8 +79,8 @@ def test_the_trigger_is_relative_to_the_champions_own_holdout_auc(
 
 
 def _platform(server_url: str, seed: int, shift: bool = False, tutors: int = 600) -> str:
-    from training import demo_data
-    from training.db import connect, upgrade
+    from fsp import demo_data
+    from fsp.db import connect, upgrade
 
     url = create_database(server_url)
     spec = demo_data.DemoSpec(tutors, 150, seed, DEMO_NOW, shift=shift)
@@ -116,10 +116,10 @@ def _backfill_predictions(url: str, since, until) -> int:
     """What the hourly scoring flow would have stored had it run through the window:
     every first session that started in (since, until], scored by the champion an hour
     before its start with features as of then."""
-    from training.features import build_model_input, load_history, read_frame
-    from training.predictions import prediction_rows, upsert_predictions
-    from training.registry import make_client
-    from training.scoring import load_scoring_model, score
+    from fsp.features import build_model_input, load_history, read_frame
+    from fsp.model_store import make_client
+    from fsp.predictions import prediction_rows, upsert_predictions
+    from fsp.scoring import load_scoring_model, score
 
     settings = get_settings()
     model = load_scoring_model(make_client(settings), settings.model_name)

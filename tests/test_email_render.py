@@ -9,7 +9,7 @@ from email.policy import default as default_policy
 
 import pytest
 
-from flows.emails import BADGE_COLOURS, choose_tips, compose, message_id_for, session_facts
+from alerting.render import BADGE_COLOURS, choose_tips, compose, message_id_for, session_facts
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 START = datetime(2026, 11, 2, 2, 30, tzinfo=UTC)  # 21:30 the day before in New York

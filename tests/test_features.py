@@ -11,20 +11,19 @@ import psycopg
 import pytest
 import pytz
 
-from tests.conftest import DEMO_NOW, seed_demo
-from training.constants import RECENT_HALF_LIFE_SESSIONS
-from training.dataset import build_training_set
-from training.errors import InvalidInput, UnknownTutor
-from training.features import (
+from fsp.calendar import known_zone, local_calendar, zone, zone_names
+from fsp.constants import RECENT_HALF_LIFE_SESSIONS
+from fsp.errors import InvalidInput, UnknownTutor
+from fsp.features import (
     K_FIRST_SUCCESS,
     K_MATCHED,
     PRIOR_FIRST_SUCCESS,
     TutorHistory,
     build_model_input,
-    known_zone,
-    local_calendar,
     local_time_features,
 )
+from tests.conftest import DEMO_NOW, seed_demo
+from training.dataset import build_training_set
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
@@ -191,23 +190,42 @@ def test_local_hour_follows_the_student_zone_across_a_dst_change():
     assert local["local_dow"].tolist() == [5.0, 0.0, 5.0, 0.0]
 
 
-def test_local_calendar_equals_pandas_tz_convert_in_every_zone():
-    """The vectorised calendar reads the tables pandas converts with: same wall clock,
-    to the minute, in every zone, across seven decades of DST rule changes."""
+def test_local_calendar_equals_zoneinfo_in_every_zone():
+    """The vectorised calendar (one pandas conversion per zone) gives the wall clock
+    zoneinfo gives for each instant alone (same pinned tables), to the minute, in every IANA zone, across
+    seven decades of daylight-saving rule changes; so does the one-instant path."""
     rng = np.random.default_rng(3)
-    zones = [str(z) for z in pytz.common_timezones]
+    zones = sorted(zone_names())
     seconds = rng.integers(-(10**9), 2_300_000_000, 40_000)
     seconds[:5_000] = seconds[:5_000] // 900 * 900  # quarter hours: transitions fall there
+    chosen = [zones[i] for i in rng.integers(0, len(zones), len(seconds))]
+    ours = local_calendar(seconds, chosen)
+    for i, (second, name) in enumerate(zip(seconds, chosen, strict=True)):
+        local = datetime.fromtimestamp(int(second), zone(name))
+        assert ours.hour[i] == local.hour + local.minute / 60.0, (name, second)
+        assert ours.dow[i] == local.weekday(), (name, second)
+        assert ours.month_day[i] == local.month * 100 + local.day, (name, second)
+        assert ours.year[i] == local.year, (name, second)
+        if i < 500:
+            alone = local_calendar([second], [name])
+            assert (alone.hour[0], alone.dow[0]) == (ours.hour[i], ours.dow[i]), (name, second)
+
+
+def test_local_calendar_agrees_with_pandas_default_tables_before_2037():
+    """pandas' own conversion of a zone name reads another copy of the IANA tables
+    (pytz's); from 1970 (before it, pytz keeps history the tzdata package has merged
+    away) to 2037 (where pytz's tables end), both give the same wall clock."""
+    rng = np.random.default_rng(4)
+    zones = [str(z) for z in pytz.common_timezones]
+    seconds = rng.integers(0, 2_100_000_000, 20_000)
     chosen = pd.Series([zones[i] for i in rng.integers(0, len(zones), len(seconds))])
     ours = local_calendar(seconds, chosen)
     starts = pd.DatetimeIndex(pd.to_datetime(seconds, unit="s", utc=True))
-    for zone in chosen.unique():
-        rows = (chosen == zone).to_numpy()
-        local = starts[rows].tz_convert(zone)
-        assert np.array_equal(ours.hour[rows], local.hour + local.minute / 60.0), zone
-        assert np.array_equal(ours.dow[rows], local.dayofweek), zone
-        assert np.array_equal(ours.year[rows], local.year), zone
-        assert np.array_equal(ours.month_day[rows], local.month * 100 + local.day), zone
+    for name in chosen.unique():
+        rows = (chosen == name).to_numpy()
+        local = starts[rows].tz_convert(name)
+        assert np.array_equal(ours.hour[rows], local.hour + local.minute / 60.0), name
+        assert np.array_equal(ours.dow[rows], local.dayofweek), name
 
 
 def test_unknown_zone_is_not_known():

@@ -5,7 +5,7 @@ own history (recency-weighted rate and engagement trend included) nor its histor
 matched to a session's subject and age band.
 
 Times are drawn to the microsecond, often within a second or two of the moment, so
-the rounding rules of `training.features` (events up, moments down) are exercised at
+the rounding rules of `fsp.features` (events up, moments down) are exercised at
 their edges: a session ending, or a rating submitted, exactly at the moment is not yet
 known ("strictly before"); an engagement score is in force from its own instant on,
 so only one published strictly after the moment is late."""
@@ -19,7 +19,7 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from training.features import MATCHED_HISTORY_COLUMNS, TUTOR_HISTORY_COLUMNS, TutorHistory
+from fsp.features import MATCHED_HISTORY_COLUMNS, TUTOR_HISTORY_COLUMNS, TutorHistory
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 MICROSECOND = 1

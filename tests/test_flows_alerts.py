@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from flows import alert_queue as queue
+from alerting import queue
+from alerting.delivery import OutboxMailer, SmtpMailer
+from alerting.render import message_id_for
 from flows.alerts import alerts_flow, run_alerts
-from flows.emails import message_id_for
-from flows.mailer import OutboxMailer, SmtpMailer
 from flows.score import score_flow
+from fsp.db import connect
+from fsp.settings import get_settings
 from tests.conftest import DEMO_NOW, create_database, drop_database, seed_demo
 from tests.flow_fixtures import SmtpServer, one, point_at, running_smtp_server
-from training.db import connect
-from training.settings import get_settings
 
 pytestmark = pytest.mark.services
 
@@ -277,7 +277,7 @@ def test_template_error_fails_before_any_email_is_marked_sent(
     source = Path(__file__).resolve().parent.parent / "templates"
     (broken / "alert_email.txt.j2").write_text((source / "alert_email.txt.j2").read_text())
     (broken / "alert_email.html.j2").write_text("<p>{{ s.no_such_field }}</p>")
-    monkeypatch.setattr("flows.emails.TEMPLATES_DIR", broken)
+    monkeypatch.setattr("alerting.render.TEMPLATES_DIR", broken)
     use_smtp(monkeypatch, smtp_server)
 
     with pytest.raises(Exception, match="no_such_field"):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from training.settings import PROJECT_ROOT
+from fsp.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.services
 

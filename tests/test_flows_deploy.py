@@ -16,10 +16,10 @@ import httpx
 import pytest
 import yaml
 
+from fsp.db import connect, ensure_platform_schema, upgrade
+from fsp.settings import PROJECT_ROOT
 from tests.conftest import DEMO_NOW
 from tests.flow_fixtures import free_port
-from training.db import connect, ensure_platform_schema, upgrade
-from training.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.services
 

@@ -15,17 +15,18 @@ from sklearn.metrics import roc_auc_score
 
 from flows.cli import main
 from flows.demo import simulate_platform_outcomes
-from flows.drift import drift_report, sample_reference
-from flows.monitor import MONITOR_KEY_TAG, monitor_flow
+from flows.monitor import monitor_flow
 from flows.reconcile import reconcile_flow
 from flows.score import score_flow, validate_lookahead
+from fsp.db import connect
+from fsp.errors import InvalidInput, NoChampion
+from fsp.model_store import alias_version, make_client
+from fsp.settings import get_settings
+from monitoring.drift import drift_report, sample_reference
+from monitoring.tracking import MONITOR_KEY_TAG
 from tests.conftest import DEMO_NOW, create_database, drop_database, seed_demo
 from tests.flow_fixtures import one, point_at
 from training.dataset import build_training_set
-from training.db import connect
-from training.errors import InvalidInput, NoChampion
-from training.registry import alias_version, make_client
-from training.settings import get_settings
 
 pytestmark = pytest.mark.services
 

@@ -35,7 +35,7 @@ import pytest
 from conftest import DEMO_NOW, create_database, drop_database, seed_demo
 from service_fixtures import READY_TIMEOUT_S, free_port, wait_until
 
-from training.settings import PROJECT_ROOT, get_settings
+from fsp.settings import PROJECT_ROOT, get_settings
 
 pytestmark = pytest.mark.services
 

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fsp.constants import risk_level
+from fsp.features import TutorHistory, build_model_input
+from fsp.model_store import make_client
+from fsp.scoring import load_scoring_model
+from fsp.settings import get_settings
 from tests.conftest import DEMO_NOW
-from training.constants import risk_level
-from training.features import TutorHistory, build_model_input
-from training.registry import make_client
-from training.scoring import load_scoring_model
-from training.settings import get_settings
 
 pytestmark = pytest.mark.services
 ONBOARDED = DEMO_NOW - timedelta(days=200)

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from training.db import upgrade
-from training.outcomes import holdout_comparison
+from fsp.db import upgrade
+from fsp.outcomes import holdout_comparison
 
 pytestmark = pytest.mark.services
 T = datetime(2026, 11, 1, tzinfo=UTC)

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from scipy.special import logit
 
+from fsp.db import connect
+from fsp.model_store import make_client
+from fsp.settings import get_settings
 from tests.conftest import DEMO_NOW, configure_env
 from training import train as steps
 from training.dataset import build_training_set
-from training.db import connect
 from training.model import CANDIDATES
-from training.registry import make_client, promote
-from training.settings import get_settings
+from training.registry import promote
 
 pytestmark = pytest.mark.services
 
@@ -38,15 +39,15 @@ def test_a_nonlinear_champion_packages_and_serves_through_sklearn(
     version, *_ = steps.log_and_register(client, settings, ts, split, [fitted], fitted)
     promote(client, settings.model_name, version.version, reason="test: boosting champion")
 
-    from bentoml._internal.models.model import ModelStore
-
+    from service.bentoml_adapter import models_named
     from service.fastpath import SklearnScorer
-    from service.logic import load_served_model
     from service.packaging import package_champion
+    from service.served_model import load_served_model
 
     built = package_champion(settings)
     assert built["scoring_path"] == "sklearn"
-    stored = ModelStore(str(tmp_path / "bentoml" / "models")).get(built["model_tag"])
+    models = models_named(tmp_path / "bentoml", settings.model_name)
+    stored = next(m for m in models if str(m.tag) == built["model_tag"])
     assert stored.info.metadata["fast_path_max_error"] == "n/a (not linear)"
     served = load_served_model(
         Path(stored.path), built["model_tag"], stored.info.labels, stored.info.metadata

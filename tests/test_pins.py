@@ -9,8 +9,8 @@ import tomllib
 
 import yaml
 
+from fsp.settings import PROJECT_ROOT
 from training.registry import PIP_REQUIREMENTS
-from training.settings import PROJECT_ROOT
 
 
 def _locked() -> dict[str, str]:

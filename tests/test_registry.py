@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from fsp.constants import CHALLENGER_ALIAS, CHAMPION_ALIAS
+from fsp.db import connect
+from fsp.errors import UnknownModelVersion
+from fsp.model_store import alias_version, make_client
+from fsp.settings import get_settings
 from tests.conftest import DEMO_NOW, configure_env
 from training import train as steps
-from training.constants import CHALLENGER_ALIAS, CHAMPION_ALIAS
 from training.dataset import TrainingSet, build_training_set
-from training.db import connect
-from training.errors import UnknownModelVersion
 from training.model import CANDIDATES
-from training.registry import alias_version, make_client, promote, run_gate
-from training.settings import get_settings
+from training.registry import promote, run_gate
 
 pytestmark = pytest.mark.services
 

@@ -21,8 +21,8 @@ import httpx
 import pytest
 from service_fixtures import free_port, wait_until
 
+from fsp.settings import PROJECT_ROOT
 from service import reuseport
-from training.settings import PROJECT_ROOT
 
 
 # -- tripwire: what service.reuseport assumes about BentoML 1.4 and uvicorn -----------------

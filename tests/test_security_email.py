@@ -13,12 +13,12 @@ from email.policy import default as default_policy
 
 import pytest
 
+from alerting.delivery import DeliveryFailed, OutboxMailer, SmtpMailer, _wire_bytes
+from alerting.render import InvalidRecipient, compose, header_text, message_id_for
 from flows.alerts import render_batch, run_alerts
-from flows.emails import InvalidRecipient, compose, header_text, message_id_for
-from flows.mailer import DeliveryFailed, OutboxMailer, SmtpMailer, _wire_bytes
+from fsp.db import connect
+from fsp.settings import get_settings
 from tests.flow_fixtures import running_smtp_server
-from training.db import connect
-from training.settings import get_settings
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 SENDER = "risk-alerts@tutoring.example"
@@ -207,9 +207,9 @@ def make_smtp(port: int) -> SmtpMailer:
 @pytest.fixture
 def platform_email_db(empty_db: str, tmp_path, monkeypatch):
     """The platform of tests/test_security_store.py with a high-risk prediction of F1."""
+    from fsp.db import ensure_platform_schema, upgrade
     from tests.conftest import configure_env
     from tests.test_security_store import flow_store, seed_platform
-    from training.db import ensure_platform_schema, upgrade
 
     with connect(empty_db) as conn:
         ensure_platform_schema(conn)

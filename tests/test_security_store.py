@@ -12,13 +12,13 @@ import pandas as pd
 import psycopg
 import pytest
 
-from flows import alert_queue as queue
+from alerting import queue
+from alerting.delivery import OutboxMailer
 from flows.alerts import render_batch, run_alerts
-from flows.mailer import OutboxMailer
+from fsp.db import connect, ensure_platform_schema, upgrade
+from fsp.predictions import STORED_COLUMNS, upsert_predictions
+from fsp.settings import get_settings
 from service.store import store_predictions
-from training.db import connect, ensure_platform_schema, upgrade
-from training.predictions import STORED_COLUMNS, upsert_predictions
-from training.settings import get_settings
 
 pytestmark = pytest.mark.services
 
@@ -413,7 +413,7 @@ def test_a_start_outside_the_representable_range_does_not_break_the_history(plat
 def test_the_monitor_window_skips_and_counts_an_out_of_range_start(platform) -> None:
     """Any stored year outside pandas' range used to stop `fsp monitor`; now the row is
     left out and counted, and the rest of the window is read."""
-    from flows.monitor import read_window
+    from monitoring.window import read_window
 
     with psycopg.connect(platform) as conn:
         upsert_predictions(conn, _rows(2, "ok").assign(prediction_date=NOW))

@@ -23,9 +23,9 @@ import pytest
 from conftest import DEMO_NOW, create_database, drop_database, seed_demo
 from service_fixtures import READY_TIMEOUT_S, DbProxy, free_port, wait_until
 
+from fsp.features import build_model_input, load_history
+from fsp.settings import PROJECT_ROOT, get_settings
 from service.config import MAX_BATCH_SIZE, MAX_BODY_BYTES
-from training.features import build_model_input, load_history
-from training.settings import PROJECT_ROOT, get_settings
 
 pytestmark = pytest.mark.services
 
@@ -224,8 +224,8 @@ def test_ready_and_model_metadata(client: httpx.Client, served: dict) -> None:
 def test_predict_matches_shared_features_and_model(
     client: httpx.Client, served: dict, known: dict
 ) -> None:
-    from training.registry import load_sklearn
-    from training.scoring import ScoringModel, score
+    from fsp.model_store import load_sklearn
+    from fsp.scoring import ScoringModel, score
 
     answer = client.post("/predict", json=_session(known)).json()
     assert set(answer) >= {

@@ -14,22 +14,25 @@ import pytest
 from conftest import DEMO_NOW
 from pydantic import ValidationError
 
-from service.config import MAX_BATCH_SIZE
-from service.fastpath import FastLinearScorer, LinearParams, ModelRows, scored
-from service.logic import RiskService, ServedModel
-from service.lookup import SnapshotKeeper, local_contexts
-from service.schemas import RankRequest, SessionRequest
-from training.dataset import build_training_set
-from training.demo_data import TIMEZONES
-from training.errors import DatabaseUnavailable, InvalidInput, NoChampion, UnknownTutor
-from training.features import (
+from fsp.demo_data import TIMEZONES
+from fsp.errors import DatabaseUnavailable, InvalidInput, NoChampion
+from fsp.features import (
     MODEL_INPUT_COLUMNS,
     age_on,
     build_model_input,
     load_history,
     local_time_features,
 )
-from training.settings import get_settings
+from fsp.settings import get_settings
+from service.config import MAX_BATCH_SIZE
+from service.fastpath import FastLinearScorer, LinearParams, ModelRows, scored
+from service.logic import RiskService
+from service.lookup import SnapshotKeeper
+from service.model_input import local_contexts
+from service.schemas import RankRequest, SessionRequest
+from service.served_model import ServedModel
+from service.worker import Worker, assemble
+from training.dataset import build_training_set
 
 pytestmark = pytest.mark.services
 
@@ -42,10 +45,10 @@ def champion(trained_world: dict):
 
     configure_env(mp, trained_world["database_url"], trained_world["state_dir"])
     try:
+        from fsp.model_store import make_client
+        from fsp.scoring import load_scoring_model
         from training.dataset import build_training_set
         from training.model import time_split
-        from training.registry import make_client
-        from training.scoring import load_scoring_model
 
         settings = get_settings()
         model = load_scoring_model(make_client(settings), settings.model_name)
@@ -74,8 +77,8 @@ def test_fast_path_equals_the_logged_model_on_every_holdout_row(champion) -> Non
 def test_fast_path_equals_an_extended_linear_model(trained_world, champion) -> None:
     """A linear model on the extended features (whether or not it is the champion):
     the fast path encodes the model's own feature set, to the same 1e-9."""
+    from fsp.scoring import ScoringModel
     from training.model import CANDIDATES, calibrated
-    from training.scoring import ScoringModel
 
     _, X = champion
     with psycopg.connect(trained_world["database_url"]) as conn:
@@ -83,7 +86,7 @@ def test_fast_path_equals_an_extended_linear_model(trained_world, champion) -> N
     candidate = next(c for c in CANDIDATES if c.name == "logistic_regression_binned_extended")
     model = ScoringModel(calibrated(candidate, 0).fit(ts.X, ts.y), "x", 0.5)
     params = LinearParams.from_json(LinearParams.from_scoring_model(model).to_json())
-    assert params.feature_set == "extended"
+    assert params.encoding.feature_set == "extended"
     p, contributions = FastLinearScorer(params).score(ModelRows.from_frame(X))
     assert np.max(np.abs(p - model.probabilities(X))) <= 1e-9
     assert np.max(np.abs(contributions - model.contributions(X))) <= 1e-9
@@ -92,7 +95,7 @@ def test_fast_path_equals_an_extended_linear_model(trained_world, champion) -> N
 
 
 def test_fast_path_reasons_equal_the_shared_scoring(champion) -> None:
-    from training.scoring import score
+    from fsp.scoring import score
 
     model, X = champion
     fast = FastLinearScorer(LinearParams.from_scoring_model(model))
@@ -131,19 +134,9 @@ def test_local_context_equals_the_shared_feature_code() -> None:
 
 
 @pytest.fixture(scope="module")
-def keeper(trained_world: dict):
-    """A keeper on the trained world (reads only), its snapshot as of DEMO_NOW."""
-    keeper = SnapshotKeeper(
-        resolve_url=lambda: trained_world["database_url"], clock=lambda: DEMO_NOW
-    )
-    assert keeper.check_database()
-    keeper.refresh()
-    yield keeper
-    keeper.stop()
-
-
-@pytest.fixture(scope="module")
-def logic(keeper, champion) -> RiskService:
+def worker(trained_world: dict, champion):
+    """A worker's parts on the trained world (reads only), its snapshot as of DEMO_NOW,
+    serving the champion through the fast path."""
     model, _ = champion
     served = ServedModel(
         name="first-session-risk",
@@ -154,11 +147,25 @@ def logic(keeper, champion) -> RiskService:
         bento_model="test:1",
         scorer=FastLinearScorer(LinearParams.from_scoring_model(model)),
     )
-    return RiskService(served, keeper, clock=lambda: DEMO_NOW)
+    worker = assemble(served, lambda: trained_world["database_url"], lambda: DEMO_NOW)
+    assert worker.database.check()
+    worker.keeper.refresh()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="module")
+def keeper(worker: Worker) -> SnapshotKeeper:
+    return worker.keeper
+
+
+@pytest.fixture(scope="module")
+def logic(worker: Worker) -> RiskService:
+    return worker.logic
 
 
 def _upcoming(url: str) -> pd.DataFrame:
-    from training.predictions import upcoming_sessions
+    from fsp.predictions import upcoming_sessions
 
     with psycopg.connect(url) as conn:
         return upcoming_sessions(conn, DEMO_NOW, 72)
@@ -182,7 +189,8 @@ def test_snapshot_rows_equal_build_model_input(trained_world: dict, keeper, logi
     sessions = _upcoming(trained_world["database_url"])
     assert len(sessions) > 10
     requests = _requests(sessions)
-    ours = logic.model_rows(requests, list(sessions["tutor_id"]), keeper.current()).frame()
+    tutors = list(sessions["tutor_id"])
+    ours = logic.inputs.for_contexts(requests, tutors, keeper.current()).frame()
     with psycopg.connect(trained_world["database_url"]) as conn:
         history = load_history(conn, DEMO_NOW)
     later = DEMO_NOW + timedelta(minutes=3)  # a request a little after the snapshot
@@ -193,7 +201,7 @@ def test_snapshot_rows_equal_build_model_input(trained_world: dict, keeper, logi
 def test_predict_and_rank_agree_with_the_shared_scoring(
     trained_world: dict, logic, champion
 ) -> None:
-    from training.scoring import score
+    from fsp.scoring import score
 
     model, _ = champion
     sessions = _upcoming(trained_world["database_url"]).head(20)
@@ -224,8 +232,9 @@ def test_predict_and_rank_agree_with_the_shared_scoring(
 
 
 def test_unknown_tutor_and_student(logic) -> None:
+    """A tutor or student the snapshot does not know is a wrong field of the request."""
     start = DEMO_NOW + timedelta(days=1)
-    with pytest.raises(UnknownTutor, match="NOPE"):
+    with pytest.raises(InvalidInput, match="unknown tutor_id 'NOPE'"):
         logic.predict(
             [
                 SessionRequest(
@@ -248,17 +257,22 @@ def test_unknown_tutor_and_student(logic) -> None:
         )
 
 
-def test_database_down_is_not_ready_and_refuses() -> None:
-    keeper = SnapshotKeeper(
-        resolve_url=lambda: "postgresql://nobody@127.0.0.1:9/none", clock=lambda: DEMO_NOW
+def test_database_down_is_not_ready_and_refuses(worker: Worker) -> None:
+    down = assemble(
+        worker.logic.model, lambda: "postgresql://nobody@127.0.0.1:9/none", lambda: DEMO_NOW
     )
-    keeper.tick()
-    assert not keeper.ready and "database unavailable" in (keeper.not_ready_reason or "")
-    with pytest.raises(DatabaseUnavailable):
-        keeper.require_database()
-    with pytest.raises(DatabaseUnavailable):
-        keeper.current()
-    keeper.stop()
+    try:
+        down.keeper.tick()
+        keeper = down.keeper
+        assert not keeper.ready and "database unavailable" in (keeper.not_ready_reason or "")
+        with pytest.raises(DatabaseUnavailable):
+            down.database.require()
+        with pytest.raises(DatabaseUnavailable):
+            keeper.current()
+        with pytest.raises(DatabaseUnavailable):
+            down.reads.summary(30, None)
+    finally:
+        down.stop()
 
 
 VALID = {
@@ -377,10 +391,10 @@ def test_batch_json_follows_a_new_snapshot(keeper, logic) -> None:
     rows = [{**ok, "tutor_id": t, "student_age": 11, "timezone": "UTC"} for t in tutors]
     positions = snapshot.positions_of(tutors)
     before = logic.writer.write(
-        logic.batch_model_rows(rows, snapshot, positions), positions, tutors, snapshot
+        logic.inputs.for_rows(rows, snapshot, positions), positions, tutors, snapshot
     )
     moved = replace(snapshot, tutor_features=snapshot.tutor_features[::-1].copy())
-    model_rows = logic.batch_model_rows(rows, moved, positions)
+    model_rows = logic.inputs.for_rows(rows, moved, positions)
     after = logic.writer.write(model_rows, positions, tutors, moved)
     expected = scored(logic.model.scorer, model_rows, logic.model.threshold, "x")
     assert [json.loads(a)["top_risk_factors"] for a in after] == [
@@ -389,7 +403,7 @@ def test_batch_json_follows_a_new_snapshot(keeper, logic) -> None:
     assert after != before
 
 
-def test_batch_row_errors_locate_each_problem(keeper) -> None:
+def test_batch_row_errors_locate_each_problem(keeper, worker: Worker) -> None:
     """The bulk reference checks of /predict_batch still name each bad row and field."""
     from service.batchio import row_errors
 
@@ -401,7 +415,10 @@ def test_batch_row_errors_locate_each_problem(keeper) -> None:
         "student_id": next(iter(snapshot.students)),
     }
     assert (
-        row_errors([ok, {**ok, "student_id": None, "student_age": 9, "timezone": "UTC"}], keeper)
+        row_errors(
+            [ok, {**ok, "student_id": None, "student_age": 9, "timezone": "UTC"}],
+            worker.references,
+        )
         == []
     )
     rows = [
@@ -412,7 +429,7 @@ def test_batch_row_errors_locate_each_problem(keeper) -> None:
         {**ok, "student_id": None},
         {**ok, "student_id": None, "student_age": 12},
     ]
-    found = {(e["loc"], e["ctx"]["error"]) for e in row_errors(rows, keeper)}
+    found = {(e["loc"], e["ctx"]["error"]) for e in row_errors(rows, worker.references)}
     assert found == {
         ((1, "tutor_id"), "unknown tutor_id 'nobody'"),
         ((2,), "student_id: unknown student_id 'ghost'"),
@@ -421,7 +438,7 @@ def test_batch_row_errors_locate_each_problem(keeper) -> None:
         ((5,), "timezone: required with the other one when no student_id is given"),
     }
     twice = [{**ok, "session_id": "s1"}, {**ok, "session_id": "s1"}]
-    assert "appears twice" in row_errors(twice, keeper)[0]["ctx"]["error"]
+    assert "appears twice" in row_errors(twice, worker.references)[0]["ctx"]["error"]
 
 
 def test_an_unseen_subject_is_scored_as_other_with_a_note(trained_world: dict, logic) -> None:

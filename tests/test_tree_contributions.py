@@ -12,10 +12,11 @@ import pytest
 from scipy.special import logit
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from training.features import MODEL_INPUT_COLUMNS
-from training.model import BLENDS, CANDIDATES, MONOTONE_RISK, LogOddsBlend, calibrated
-from training.scoring import ScoringModel
-from training.tree_contributions import PRIVATE_ATTRIBUTES, tree_contributions
+from fsp.estimators import LogOddsBlend
+from fsp.features import MODEL_INPUT_COLUMNS
+from fsp.scoring import ScoringModel
+from fsp.tree_contributions import PRIVATE_ATTRIBUTES, tree_contributions
+from training.model import BLENDS, CANDIDATES, MONOTONE_RISK, calibrated
 
 
 def _raw_input(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import psycopg
 
-from training.constants import POOR_RATING_BELOW
-from training.errors import NotEnoughData
-from training.features import build_model_input, load_history, read_frame
+from fsp.constants import POOR_RATING_BELOW
+from fsp.errors import NotEnoughData
+from fsp.features import build_model_input, load_history, read_frame
 
 LABELLED_FIRST_SESSIONS = """
 SELECT s.session_id, s.tutor_id, s.student_id, s.subject, s.scheduled_start,

@@ -7,7 +7,7 @@ splits, then their blend; each first on the base features, then on the extended
 ones), so added complexity, in the model or in its features, is kept only where
 the holdout proves it pays.
 
-Every candidate maps the raw context (training.features.MODEL_INPUT_COLUMNS) to
+Every candidate maps the raw context (fsp.features.MODEL_INPUT_COLUMNS) to
 a calibrated probability of a poor first session: encoder + classifier, then
 Platt/isotonic calibration fitted on out-of-fold scores (ensemble=False keeps a
 single fitted classifier, so a linear model's contributions stay exact)."""
@@ -19,8 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit, logit
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
@@ -38,8 +36,9 @@ from sklearn.metrics import (
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from training.constants import PRECISION_TARGET
-from training.encoding import BASE_FEATURE_SET, RiskFeatureEncoder, numeric_names
+from fsp.constants import PRECISION_TARGET
+from fsp.encoding import BASE_FEATURE_SET, RiskFeatureEncoder, numeric_names
+from fsp.estimators import LogOddsBlend
 
 
 @dataclass(frozen=True)
@@ -97,33 +96,6 @@ def _boosting(seed: int, feature_set: str = BASE_FEATURE_SET) -> Pipeline:
     )
     encoder = RiskFeatureEncoder(subject_as_code=True, with_bins=False, feature_set=feature_set)
     return Pipeline([("encode", encoder), ("clf", clf)])
-
-
-class LogOddsBlend(ClassifierMixin, BaseEstimator):
-    """An ensemble of fitted, calibrated candidates: its log-odds are the mean of the
-    members' log-odds (geometric pooling). Why this pooling and not a mean of
-    probabilities: each member's reasons sum to its own log-odds, so their mean sums
-    to the blend's, and the blend's reasons stay exact. Equal weights, fixed before
-    the holdout is seen, so the holdout judges it as fairly as any single candidate."""
-
-    def __init__(self, members: tuple = ()) -> None:
-        self.members = members
-
-    def fit(self, X=None, y=None):
-        """The members come fitted; nothing is learned here."""
-        self.classes_ = np.array([0, 1])
-        return self
-
-    def decision_function(self, X: pd.DataFrame) -> np.ndarray:
-        logits = [logit(np.clip(positive_proba(m, X), 1e-9, 1 - 1e-9)) for m in self.members]
-        return np.mean(logits, axis=0)
-
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        p = expit(self.decision_function(X))
-        return np.column_stack([1.0 - p, p])
-
-    def predict(self, X: pd.DataFrame) -> np.ndarray:
-        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
 
 
 EXTENDED = "extended"
@@ -230,10 +202,3 @@ def pick_best(results: dict[str, float], tolerance: float) -> str:
     known = (*CANDIDATES, *BLENDS)
     close = [c for c in known if c.name in results and results[c.name] >= best - tolerance]
     return min(close, key=lambda c: c.simplicity_rank).name
-
-
-def positive_proba(model, X: pd.DataFrame) -> np.ndarray:
-    """P(poor first session) from a fitted model, sklearn or pyfunc."""
-    out = model.predict_proba(X) if hasattr(model, "predict_proba") else model.predict(X)
-    out = np.asarray(out)
-    return out[:, 1] if out.ndim == 2 else out

@@ -16,22 +16,23 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
 
-from training.constants import PRECISION_TARGET, RISK_BANDS
+from fsp.constants import PRECISION_TARGET, RISK_BANDS
+from fsp.encoding import OTHER_LEVEL
+from fsp.errors import NotEnoughData
+from fsp.estimators import LogOddsBlend, positive_proba
+from fsp.features import FEATURE_DOCS, MODEL_INPUT_COLUMNS
+from fsp.scoring import grouping
+from fsp.settings import Settings
 from training.dataset import TrainingSet
-from training.encoding import OTHER_LEVEL
-from training.errors import NotEnoughData
-from training.features import FEATURE_DOCS, MODEL_INPUT_COLUMNS
 from training.model import (
     BLEND,
     BLENDS,
     Candidate,
-    LogOddsBlend,
     calibrated,
     choose_threshold,
     cross_validated_auc,
     evaluate,
     pick_best,
-    positive_proba,
     time_split,
 )
 from training.plots import save_evaluation_plots
@@ -42,7 +43,6 @@ from training.registry import (
     git_commit,
     skops_trusted_types,
 )
-from training.settings import Settings
 
 
 @dataclass
@@ -180,8 +180,6 @@ def _log_artifacts(best: FittedCandidate, ts: TrainingSet, split: Split, thresho
 
 def used_features(model) -> set[str]:
     """The model input columns the model's encoders read (its feature set's)."""
-    from training.scoring import grouping
-
     encoders = [_encoder_of(m) for m in getattr(model, "members", ())] or [_encoder_of(model)]
     used: set[str] = set()
     for encoder in encoders:

@@ -13,13 +13,15 @@ vocabulary travels inside the model (`subjects_`) and is logged to MLflow."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Final
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from training.features import MODEL_INPUT_COLUMNS
+from fsp.features import MODEL_INPUT_COLUMNS
 
 LOG_COLUMNS = ("tutor_tenure_days", "n_ratings", "n_rated_first_sessions", "session_count")
 PLAIN_COLUMNS = (
@@ -175,6 +177,36 @@ def unseen_subject_note(subject: str) -> str:
     return f"subject {subject!r} was not seen in training (often enough); scored as 'other'"
 
 
+@dataclass(frozen=True)
+class FittedEncoding:
+    """The fitted encoding as plain numpy: what `RiskFeatureEncoder.transform` computes,
+    held apart from sklearn so the serving fast path runs the very same code on arrays
+    (`service.fastpath`), with the learned vocabulary, bins, means and scales."""
+
+    subjects: tuple[str, ...]
+    bin_edges: tuple[tuple[float, ...], ...]
+    mean: np.ndarray
+    scale: np.ndarray
+    subject_as_code: bool = False
+    feature_set: str = BASE_FEATURE_SET
+
+    @cached_property
+    def code_of(self) -> dict[str, int]:
+        """Each subject's index in the vocabulary."""
+        return {s: i for i, s in enumerate(self.subjects)}
+
+    def transform(self, numeric: np.ndarray, subjects: np.ndarray) -> np.ndarray:
+        """The standardised encoded matrix (what the classifier sees)."""
+        raw = encode_numeric(
+            numeric, subjects, self.code_of, self.bin_edges, self.subject_as_code, self.feature_set
+        )
+        return (raw - self.mean) / self.scale
+
+    def notes(self, subjects: Sequence[str]) -> list[list[str]]:
+        """Per row: a note when its subject is scored as 'other'."""
+        return subject_notes(subjects, self.subjects)
+
+
 class RiskFeatureEncoder(TransformerMixin, BaseEstimator):
     """Encodes the raw context and standardises every encoded column (fitted mean/std).
 
@@ -219,8 +251,19 @@ class RiskFeatureEncoder(TransformerMixin, BaseEstimator):
             numeric, subjects, code_of, self.bin_edges_, self.subject_as_code, self.feature_set
         )
 
+    def fitted(self) -> FittedEncoding:
+        """The fitted encoding, apart from sklearn (the serving fast path's encoder)."""
+        return FittedEncoding(
+            subjects=tuple(self.subjects_),
+            bin_edges=tuple(tuple(edges) for edges in self.bin_edges_),
+            mean=np.asarray(self.mean_, dtype=float),
+            scale=np.asarray(self.scale_, dtype=float),
+            subject_as_code=self.subject_as_code,
+            feature_set=self.feature_set,
+        )
+
     def transform(self, X: pd.DataFrame) -> np.ndarray:
-        return (self._raw(X) - self.mean_) / self.scale_
+        return self.fitted().transform(*input_arrays(X))
 
     def known_subject(self, subject: str) -> bool:
         """Whether the subject has its own level (else it is scored as 'other')."""

@@ -85,7 +85,8 @@ import numpy as np
 import pandas as pd
 import psycopg
 
-from training.errors import InvalidInput, PlatformNotEmpty
+from fsp.calendar import zone
+from fsp.errors import InvalidInput, PlatformNotEmpty
 
 _DAY = np.timedelta64(1, "D")
 
@@ -463,7 +464,7 @@ def _to_utc(local_naive: np.ndarray, tz_names: np.ndarray) -> np.ndarray:
     for tz in np.unique(tz_names):
         mask = tz_names == tz
         local = pd.DatetimeIndex(local_naive[mask]).tz_localize(
-            tz,
+            zone(str(tz)),
             ambiguous=np.zeros(int(mask.sum()), dtype=bool),  # the later (standard-time) instant
             nonexistent="shift_forward",
         )
@@ -725,7 +726,7 @@ def _copy_frame(conn: psycopg.Connection, table: str, frame: pd.DataFrame) -> No
 
 def write(conn: psycopg.Connection, frames: dict[str, pd.DataFrame]) -> dict[str, int]:
     """COPY every table in one transaction; refuse when the platform already has data."""
-    from training.db import ensure_platform_schema, platform_is_empty
+    from fsp.db import ensure_platform_schema, platform_is_empty
 
     ensure_platform_schema(conn)
     with conn.transaction():

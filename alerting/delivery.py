@@ -20,7 +20,7 @@ from email.policy import default as default_policy
 from pathlib import Path
 from typing import Protocol
 
-from training.settings import Settings
+from fsp.settings import Settings
 
 IMPLICIT_TLS_PORT = 465
 

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 import pandas as pd
 import psycopg
 
-from training.features import TutorHistory, build_model_input, read_frame
+from fsp.features import TutorHistory, build_model_input, read_frame
 
 UPCOMING_FIRST_SESSIONS = """
 SELECT s.session_id, s.tutor_id, s.student_id, s.subject, s.scheduled_start,

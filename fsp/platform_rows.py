@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from training.features import TutorHistory, known_zone
+from fsp.calendar import known_zone
+from fsp.features import TutorHistory
 
 log = logging.getLogger(__name__)
 

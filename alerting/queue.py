@@ -41,9 +41,9 @@ from typing import Any
 import pandas as pd
 import psycopg
 
-from flows.emails import message_id_for
-from training.constants import EARLIEST_START, LATEST_START
-from training.features import read_frame
+from alerting.render import message_id_for
+from fsp.constants import EARLIEST_START, LATEST_START
+from fsp.features import read_frame
 
 HOLDOUT_BUCKETS = 10_000
 UNCERTAIN_AFTER_CRASH = (

@@ -6,6 +6,7 @@ metric's `config["type"]` (Evidently 0.7 API)."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -13,7 +14,9 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
-from training.features import MODEL_INPUT_COLUMNS
+from fsp.features import MODEL_INPUT_COLUMNS
+
+log = logging.getLogger(__name__)
 
 CATEGORICAL: Final = ("subject",)
 NUMERICAL: Final = tuple(c for c in MODEL_INPUT_COLUMNS if c not in CATEGORICAL)
@@ -47,6 +50,7 @@ class ReportResult:
 
 
 def _definition(with_classification: bool = False, columns: tuple[str, ...] = ()):
+    # Evidently takes seconds to import: only a monitoring run that builds a report pays.
     from evidently import BinaryClassification, DataDefinition
 
     if with_classification:
@@ -153,6 +157,7 @@ def drift_report(
     """Data drift per compared feature (`drift_view`: growth counts as shares, the
     weekday only over whole weeks) and the share of drifted features; `drifted` when
     that share exceeds `drift_share`."""
+    # Evidently takes seconds to import: only a monitoring run that builds a report pays.
     from evidently import Dataset, Report
     from evidently.presets import DataDriftPreset
 
@@ -170,18 +175,7 @@ def drift_report(
         Dataset.from_pandas(current, data_definition=definition),
         Dataset.from_pandas(reference, data_definition=definition),
     )
-    count, share, columns = 0.0, 0.0, {}
-    for metric in _metrics(snapshot):
-        kind = _type(metric)
-        if kind == "DriftedColumnsCount":
-            count, share = float(metric["value"]["count"]), float(metric["value"]["share"])
-        elif kind == "ValueDrift":
-            column = metric["config"].get("column")
-            columns[column] = {
-                "score": _number(metric["value"]),
-                "method": metric["config"].get("method"),
-                "threshold": metric["config"].get("threshold"),
-            }
+    count, share, columns = _drift_figures(snapshot)
     drifted_columns = _drifted_columns(columns)
     return ReportResult(
         kind="data_drift",
@@ -202,10 +196,31 @@ def drift_report(
     )
 
 
+def _drift_figures(snapshot: Any) -> tuple[float, float, dict[str, dict[str, Any]]]:
+    """(drifted count, drifted share, per-column score/method/threshold) of a drift snapshot."""
+    count, share, columns = 0.0, 0.0, {}
+    for metric in _metrics(snapshot):
+        kind = _type(metric)
+        if kind == "DriftedColumnsCount":
+            count, share = float(metric["value"]["count"]), float(metric["value"]["share"])
+        elif kind == "ValueDrift":
+            columns[metric["config"].get("column")] = {
+                "score": _number(metric["value"]),
+                "method": metric["config"].get("method"),
+                "threshold": metric["config"].get("threshold"),
+            }
+    return count, share, columns
+
+
 def _number(value: Any) -> float | None:
+    """A figure of Evidently's as a finite float, or None (a value that is not a number
+    is logged: the report then shows that figure as missing)."""
+    if value is None:
+        return None
     try:
         number = float(value)
     except (TypeError, ValueError):
+        log.warning("Evidently figure %r is not a number: recorded as missing", value)
         return None
     return number if np.isfinite(number) else None
 
@@ -245,6 +260,7 @@ def _drifted_columns(columns: dict[str, dict[str, Any]]) -> list[str]:
 
 def classification_report(y: np.ndarray, p: np.ndarray):
     """Classification quality of the stored probabilities against the arrived labels."""
+    # Evidently takes seconds to import: only a monitoring run that builds a report pays.
     from evidently import Dataset, Report
     from evidently.presets import ClassificationPreset
 

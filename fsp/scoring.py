@@ -4,7 +4,7 @@ Used by the Bento service and by the scoring flow alike. Reasons are faithful to
 the serving model: for a calibrated linear model they are exact (each feature's
 share of the log-odds, relative to an average training session, summing with
 the baseline to the prediction); for gradient boosting they are the exact path
-contributions of its trees (`training.tree_contributions`, scaled by the Platt
+contributions of its trees (`fsp.tree_contributions`, scaled by the Platt
 calibration: they too sum with a baseline to the calibrated log-odds); for any
 blend of candidates the mean of its members' (its log-odds are the mean of theirs);
 for any other model they are occlusion attributions (the change in log-odds when that
@@ -22,12 +22,12 @@ from mlflow import MlflowClient
 from scipy.special import logit
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from training.constants import CHAMPION_ALIAS, risk_level, risk_score
-from training.encoding import subject_notes
-from training.features import FACTOR_LABELS, MODEL_INPUT_COLUMNS
-from training.model import LogOddsBlend
-from training.registry import aliased_version, load_sklearn
-from training.tree_contributions import tree_contributions
+from fsp.constants import CHAMPION_ALIAS, risk_level, risk_score
+from fsp.encoding import subject_notes
+from fsp.estimators import LogOddsBlend
+from fsp.features import FACTOR_LABELS, MODEL_INPUT_COLUMNS
+from fsp.model_store import aliased_version, load_sklearn
+from fsp.tree_contributions import tree_contributions
 
 TOP_FACTORS = 5
 

@@ -15,28 +15,27 @@ the same second as `t` is never counted: rounding can only hide, never leak.
 
 The model's raw input (one row per session) is `MODEL_INPUT_COLUMNS`; what each
 column means is in `FEATURE_DOCS`. Encoding (cyclical time, subject one-hot,
-log counts, scaling) happens inside the logged model (`training.encoding`).
+log counts, scaling) happens inside the logged model (`fsp.encoding`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from functools import lru_cache
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
 import psycopg
-import pytz
 from scipy.signal import lfilter
 
-from training.constants import (
+from fsp.calendar import local_calendar
+from fsp.constants import (
     AGE_BAND_EDGES,
     ENGAGEMENT_TREND_DAYS,
     POOR_RATING_BELOW,
     RECENT_HALF_LIFE_SESSIONS,
 )
-from training.errors import InvalidInput, UnknownTutor
+from fsp.errors import UnknownTutor
 
 # Shrinkage priors: a tutor with little evidence is pulled toward the platform's
 # typical value; `k` is how many observations the prior is worth.
@@ -79,7 +78,8 @@ FEATURE_DOCS: dict[str, str] = {
     "session_count": "the tutor's sessions completed (ended) before the moment",
     "local_hour": "start hour in the student's time zone, with minutes as a fraction",
     "local_dow": "start weekday in the student's time zone (Monday = 0)",
-    "subject": "the session's subject (one of the 16; anything else is 'unknown')",
+    "subject": "the session's subject as the platform spells it (the model learns its levels;"
+    " a rare or unseen one scores as 'other')",
     "student_age": "the student's age in whole years on the session's local date",
     "n_first_sessions_in_subject": "the tutor's rated first sessions in this session's subject",
     "poor_rate_in_subject": "share of those rated below 3 stars, shrunk toward the tutor's "
@@ -428,86 +428,6 @@ def _history_columns(history: TutorHistory, codes: np.ndarray, seconds: np.ndarr
             "no_show_rate": _shrunk(s["no_show"], ended, PRIOR_NO_SHOW, K_NO_SHOW),
             "session_count": s["completed"],
         }
-    )
-
-
-_UTC_EPOCH = datetime(1970, 1, 1)
-_SECOND = timedelta(seconds=1)
-
-
-@lru_cache(maxsize=1024)
-def zone_offsets(zone: str) -> tuple[np.ndarray, np.ndarray]:
-    """A time zone's UTC transition instants (epoch seconds, ascending) and the UTC
-    offset (seconds) in force from each. These are pytz's tables, the very ones
-    pandas' `tz_convert` uses, so every caller converts to the second alike.
-    KeyError (pytz.UnknownTimeZoneError) for an unknown zone name."""
-    tz = pytz.timezone(zone)
-    transitions = getattr(tz, "_utc_transition_times", None)
-    if not transitions:  # a fixed offset: UTC, Etc/GMT+5, ...
-        fixed = tz.utcoffset(datetime(2000, 1, 1)) or timedelta(0)
-        return np.array([np.iinfo(np.int64).min], np.int64), np.array([fixed // _SECOND])
-    at = np.array([(t - _UTC_EPOCH) // _SECOND for t in transitions], np.int64)
-    infos = getattr(tz, "_transition_info", ())  # (utcoffset, dst, name) from each transition
-    offsets = np.array([info[0] // _SECOND for info in infos], np.int64)
-    return at, offsets
-
-
-def _offsets_of(zone: object) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        return zone_offsets(str(zone))
-    except (KeyError, ValueError, UnicodeError):
-        raise InvalidInput(f"unknown time zone {zone!r} (not in the IANA tables)") from None
-
-
-def known_zone(zone: str) -> bool:
-    """Whether `zone` names a time zone the feature code can convert to."""
-    try:
-        zone_offsets(zone)
-    except (KeyError, ValueError, UnicodeError):
-        return False
-    return True
-
-
-@dataclass(frozen=True)
-class LocalCalendar:
-    """Wall-clock fields of instants, each in its own time zone."""
-
-    hour: np.ndarray  # hour + minute / 60
-    dow: np.ndarray  # Monday = 0
-    year: np.ndarray
-    month_day: np.ndarray  # month * 100 + day
-
-    def age(self, birth_year: np.ndarray, birth_month_day: np.ndarray) -> np.ndarray:
-        """Whole years since a birth date, on each local date."""
-        return self.year - birth_year - (self.month_day < birth_month_day)
-
-
-def _by_zone(timezones, n: int) -> list[tuple[np.ndarray | slice, object]]:
-    """(rows, zone) for each distinct zone (one session, e.g. /predict: no grouping)."""
-    if n == 1:
-        return [(slice(None), next(iter(timezones)))]
-    codes, distinct = pd.factorize(np.asarray(timezones, dtype=object))
-    if len(distinct) == 1:
-        return [(slice(None), distinct[0])]
-    return [(np.flatnonzero(codes == code), zone) for code, zone in enumerate(distinct)]
-
-
-def local_calendar(epoch_seconds, timezones) -> LocalCalendar:
-    """Local hour, weekday and date of each instant (epoch seconds, floored) in its
-    zone: DST follows each student's zone. Vectorised per zone over `zone_offsets`."""
-    seconds = np.asarray(epoch_seconds, dtype=np.int64)
-    offsets = np.zeros(len(seconds), np.int64)
-    for rows, zone in _by_zone(timezones, len(seconds)):
-        at, offset = _offsets_of(zone)
-        offsets[rows] = offset[np.searchsorted(at, seconds[rows], side="right") - 1]
-    days, of_day = np.divmod(seconds + offsets, 86_400)
-    dates = days.astype("datetime64[D]")
-    months = dates.astype("datetime64[M]")
-    return LocalCalendar(
-        hour=of_day // 3600 + (of_day % 3600 // 60) / 60.0,
-        dow=((days + 3) % 7).astype(float),  # 1970-01-01 was a Thursday
-        year=dates.astype("datetime64[Y]").astype(np.int64) + 1970,
-        month_day=(months.astype(np.int64) % 12 + 1) * 100 + (dates - months).astype(np.int64) + 1,
     )
 
 

@@ -6,7 +6,9 @@ folder is started on first use and left running for the next command.
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,8 +16,8 @@ from pathlib import Path
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from training.errors import DatabaseUnavailable
-from training.settings import PROJECT_ROOT, Settings
+from fsp.errors import DatabaseUnavailable
+from fsp.settings import PROJECT_ROOT, Settings, get_settings
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 PLATFORM_SQL = MIGRATIONS_DIR / "platform.sql"
@@ -31,8 +33,6 @@ def database_url(settings: Settings) -> str:
 
 
 def _embedded_url(pg_dir: Path) -> str:
-    import warnings
-
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
         import pgserver  # imported lazily: only the embedded default needs it
@@ -127,15 +127,14 @@ def platform_is_empty(conn: psycopg.Connection) -> bool:
 
 def stop_embedded(pg_dir: Path | None = None) -> bool:
     """Stop the embedded PostgreSQL if it runs (for `make clean`); True when one was stopped."""
-    import os
-
-    from training.settings import get_settings
-
     folder = pg_dir or get_settings().pg_dir
     if not (folder / "postmaster.pid").exists():
         return False
-    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
+    import pgserver  # the embedded default only: kept off every other path
 
     user = "pgserver" if os.geteuid() == 0 else None
-    pg_ctl(["-w", "stop", "-m", "fast"], pgdata=folder, user=user)
+    # pg_ctl: a command wrapper pgserver exports from its root (made at import: mypy can't see it)
+    pgserver.pg_ctl(  # type: ignore[attr-defined]
+        ["-w", "stop", "-m", "fast"], pgdata=folder, user=user
+    )
     return True

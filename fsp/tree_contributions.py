@@ -17,6 +17,10 @@ and `raw_left_cat_bitsets`), `_baseline_prediction`,
 categorical features the booster reorders its columns, categorical first, and
 ordinal-encodes them; `is_categorical_` says which were moved)."""
 
+# private-api: scikit-learn's HistGradientBoostingClassifier internals (_predictors,
+# _bin_mapper, _baseline_prediction, _preprocess_X): no public API walks the fitted
+# trees. Tripwire: tests/test_tree_contributions.py fails by name when they change.
+
 from __future__ import annotations
 
 import weakref

@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from training.settings import PROJECT_ROOT
+from fsp.settings import PROJECT_ROOT
 
 TEMPLATES_DIR: Final = PROJECT_ROOT / "templates"
 HTML_TEMPLATE: Final = "alert_email.html.j2"
