@@ -7,10 +7,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: help install demo test test-fast fuzz lint format typecheck shape check bench clean
+.PHONY: help install demo test test-fast fuzz lint format typecheck shape check bench clean \
+	stack-base stack-images stack-bento stack-up stack-down stack-test
 
 help: ## list every target
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -25,8 +26,10 @@ install: $(BIN)/fsp ## create .venv from the lock file (installs uv first if nee
 demo: install ## run the whole system end to end on the embedded defaults (no Docker)
 	$(BIN)/fsp demo
 
-test: install ## run the whole test suite against real services
-	$(BIN)/pytest -q
+COVERAGE_FLOOR ?= 60
+
+test: install ## run the whole test suite against real services (the stack too when Docker runs), with coverage
+	$(BIN)/pytest -q --cov --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR) $(PYTEST_ARGS)
 
 test-fast: install ## only the pure-logic tests (no services)
 	$(BIN)/pytest -q -m "not services"
@@ -48,7 +51,7 @@ typecheck: install ## mypy
 shape: install ## the code's shape: modules per package, function lengths, import cycles, private APIs
 	$(BIN)/python scripts/code_shape.py
 
-check: lint typecheck ## lint and types
+check: lint typecheck shape ## lint, types and the code's shape
 
 bench: install ## run every benchmark and print its figures
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
@@ -56,3 +59,65 @@ bench: install ## run every benchmark and print its figures
 clean: ## remove local state (embedded PostgreSQL, MLflow store, outbox, Bento store)
 	-$(BIN)/python -c "from fsp.db import stop_embedded; stop_embedded()"
 	rm -rf .fsp/pg .fsp/mlflow.db .fsp/mlartifacts .fsp/outbox .fsp/bentoml .fsp/prefect .fsp/reports
+
+# --- The team stack (docker-compose.yml; README, "Team stack") ---------------------
+# STACK_ENV: the settings (.env, else .env.example). STACK_OFFLINE=1 (the default):
+# every image is built here on the local Debian base, the official PostgreSQL and mail
+# images replaced by docker/postgres.Dockerfile and docker/maildev.Dockerfile.
+STACK_ENV ?= $(if $(wildcard .env),.env,.env.example)
+STACK_OFFLINE ?= 1
+STACK_BASE ?= fsp-base:bookworm-py3.11
+COMPOSE := docker-compose --env-file $(STACK_ENV)
+stack_var = $(shell sed -n 's/^$(1)=//p' $(STACK_ENV) | tail -n1)
+ifeq ($(STACK_OFFLINE),1)
+STACK_BASE_IMAGE := $(STACK_BASE)
+STACK_IMAGES := FSP_BASE_IMAGE=$(STACK_BASE) FSP_POSTGRES_IMAGE=fsp-postgres:15 FSP_MAIL_IMAGE=fsp-maildev:2.2.1
+else
+STACK_BASE_IMAGE := $(call stack_var,FSP_BASE_IMAGE)
+STACK_IMAGES :=
+endif
+
+stack-base: ## build the local base image (Debian bookworm + Python 3.11 via debootstrap)
+	@docker image inspect $(STACK_BASE) >/dev/null 2>&1 \
+	  || { t0=$$(date +%s); UV=$(BIN)/uv docker/build-base.sh $(STACK_BASE); \
+	       echo "stack-base: built in $$(( $$(date +%s) - t0 )) s"; }
+
+stack-images: install $(if $(filter 1,$(STACK_OFFLINE)),stack-base) ## build the stack's images (local base when STACK_OFFLINE=1)
+	@cp /etc/ssl/certs/ca-certificates.crt docker/certs/ 2>/dev/null || true
+	@set -e; mkdir -p .fsp/stack; build() { t0=$$(date +%s); docker build -f docker/$$1.Dockerfile \
+	    --build-arg BASE_IMAGE=$(STACK_BASE_IMAGE) -t $$2 . >.fsp/stack/build-$$1.log 2>&1 \
+	    || { tail -n 25 .fsp/stack/build-$$1.log; return 1; }; \
+	  echo "stack-images: $$2 built in $$(( $$(date +%s) - t0 )) s, $$(docker image inspect -f '{{.Size}}' $$2) bytes"; }; \
+	build mlflow $(or $(call stack_var,FSP_MLFLOW_IMAGE),fsp-mlflow:3.17.2); \
+	build worker $(or $(call stack_var,FSP_WORKER_IMAGE),fsp-worker:latest); \
+	if [ "$(STACK_OFFLINE)" = 1 ]; then build postgres fsp-postgres:15; build maildev fsp-maildev:2.2.1; fi
+
+# (containerize runs from /tmp: BentoML reads a dockerfile_template only below its working
+# directory, and its build context is a temporary folder.)
+stack-bento: install ## containerize the champion's Bento (built by the bootstrap) as FSP_BENTO_IMAGE
+	@set -e; out=.fsp/stack; rm -rf $$out/bento.bento $$out/bentoml; mkdir -p $$out; \
+	$(STACK_IMAGES) $(COMPOSE) run --rm --no-deps -T -u 0 -v "$$PWD/$$out:/out" \
+	  --entrypoint bentoml bootstrap export first_session_risk:latest /out/bento.bento >/dev/null; \
+	export BENTOML_HOME=$$PWD/$$out/bentoml BENTOML_DO_NOT_TRACK=True DOCKER_BUILDKIT=0; \
+	tag=$$($(BIN)/bentoml import "$$PWD/$$out/bento.bento" 2>/dev/null | grep -o "first_session_risk:[a-z0-9]*" | head -n1); \
+	t0=$$(date +%s); \
+	bentoml=$$PWD/$(BIN)/bentoml; log=$$PWD/$$out/containerize.log; \
+	(cd /tmp && TMPDIR=/tmp $$bentoml containerize "$$tag" -t $(call stack_var,FSP_BENTO_IMAGE) \
+	  --opt build-arg=FSP_BASE_IMAGE=$(STACK_BASE_IMAGE) >$$log 2>&1) \
+	  || { tail -n 30 $$log; exit 1; }; \
+	echo "stack-bento: $$tag -> $(call stack_var,FSP_BENTO_IMAGE) in $$(( $$(date +%s) - t0 )) s," \
+	  "$$(docker image inspect -f '{{.Size}}' $(call stack_var,FSP_BENTO_IMAGE)) bytes"
+
+stack-up: stack-images ## bootstrap the stack, containerize the champion's Bento, start everything
+	$(STACK_IMAGES) $(COMPOSE) up -d bootstrap
+	@test "$$(docker wait $$($(STACK_IMAGES) $(COMPOSE) ps -q bootstrap))" = 0 \
+	  || { $(STACK_IMAGES) $(COMPOSE) logs --tail=30 bootstrap; exit 1; }
+	$(MAKE) --no-print-directory stack-bento
+	$(STACK_IMAGES) $(COMPOSE) up -d
+	$(STACK_IMAGES) $(COMPOSE) ps
+
+stack-down: ## stop the stack (volumes kept; `docker-compose down -v` drops them)
+	$(STACK_IMAGES) $(COMPOSE) down
+
+stack-test: install ## the stack end to end in Docker (starts dockerd if needed, stops it after)
+	docker/with-dockerd.sh $(BIN)/pytest -q -s -m stack tests/test_stack.py

@@ -1,36 +1,62 @@
 """The tutor's preparation email: what goes in it and how it is rendered.
 
-Tips are chosen from the session's OWN top risk factors (the `feature` of each
-factor that raises risk), so two tutors get different advice for different
-reasons. Every value is escaped: HTML through Jinja2's autoescape, plain text by
-dropping control characters, headers by the email library's own quoting.
-Templates are strict (an unknown variable is an error), so a broken template
-fails the batch before anything is sent."""
+One email (a "letter") goes to one tutor and lists every high-risk first session of
+that tutor due in the same run; a single session is a letter of one. For each
+session it gives the time (student's zone, UTC, and the tutor's own zone where the
+platform knows it) and tips chosen from that session's OWN top risk factors, each
+saying why it is there (alerting.tips, catalogue in templates/tips.yaml). The
+tutor's record is stated as counts from the platform's tables (alerting.record),
+never as a smoothed model feature.
+
+Every value is escaped: HTML through Jinja2's autoescape, plain text by dropping
+control characters, headers by alerting.headers. Templates are strict (an unknown
+variable is an error), so a broken template fails the batch before anything is sent."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from email import message_from_bytes
-from email.errors import HeaderParseError
-from email.header import decode_header, make_header
-from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import default as default_policy
 from email.utils import format_datetime
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from alerting.headers import (
+    HEADERS,
+    InvalidRecipient,
+    UnsafeHeader,
+    check_headers,
+    header_text,
+    plain,
+    safe_address,
+)
+from alerting.record import TutorRecord
+from alerting.tips import MAX_TIPS, Tip, load_catalogue
+from alerting.tips import choose_tips as choose_catalogue_tips
 from fsp.settings import PROJECT_ROOT
+
+__all__ = [
+    "HEADERS",
+    "InvalidRecipient",
+    "UnsafeHeader",
+    "header_text",
+    "plain",
+    "safe_address",
+]
+
+log = logging.getLogger(__name__)
 
 TEMPLATES_DIR: Final = PROJECT_ROOT / "templates"
 HTML_TEMPLATE: Final = "alert_email.html.j2"
 TEXT_TEMPLATE: Final = "alert_email.txt.j2"
+TIPS_FILE: Final = "tips.yaml"
 
 BADGE_COLOURS: Final[dict[str, tuple[str, str]]] = {
     "LOW": ("#2e7d32", "#e8f5e9"),
@@ -54,6 +80,8 @@ BEST_PRACTICES: Final[tuple[str, ...]] = (
     "Agree on one concrete goal for this session and check it off before you finish.",
     "End by booking the next session together and saying what you will cover.",
 )
+NEW_TUTOR_DAYS: Final = 60
+"""Below this tenure the email speaks of the tutor as new on the platform."""
 
 
 def subject_name(subject: str) -> str:
@@ -86,112 +114,33 @@ def age_group(age: float) -> str:
     return "adult learner"
 
 
-def _tip_time(f: dict, ctx: SessionFacts) -> str:
-    return (
-        f"This session is in the {ctx.time_of_day} for your student ({ctx.local_time}). "
-        "Energy is often lower then: keep the pace brisk, plan a short break, and "
-        "check in on how they are feeling early on."
-    )
+@dataclass(frozen=True)
+class LinkPolicy:
+    """Where the email's links lead, and whether opens and clicks are tracked.
 
+    Tracking on: a 1×1 image `<base>/api/first-session/t/<token>.gif` and every link
+    through `<base>/api/first-session/r/<token>`; the token is the delivery's random
+    `tracking_token`, nothing else about the tutor or the session is in the URL."""
 
-def _tip_age(f: dict, ctx: SessionFacts) -> str:
-    group = age_group(ctx.student_age)
-    if group == "young child":
-        return (
-            f"Your student is {ctx.student_age} years old. Use short activities "
-            "(5-10 minutes each), visuals, and plenty of praise; a parent may be nearby, "
-            "so greet them too."
-        )
-    if group in ("pre-teen", "teenager"):
-        return (
-            f"Your student is {ctx.student_age}. Ask about their current class and "
-            "upcoming tests, and let them pick the first problem so they feel in charge."
-        )
-    return (
-        f"Your student is an adult ({ctx.student_age}). Ask what they need "
-        f"{ctx.subject} for (work, exams, personal goals) and build the session around it."
-    )
+    track: bool = False
+    base_url: str = "http://127.0.0.1:3000"
+    session_url_template: str = "https://tutoring.example/sessions/{session_id}"
 
+    def target(self, session_id: str) -> str:
+        """The platform's page of the session (where a click finally leads)."""
+        return self.session_url_template.replace("{session_id}", session_id)
 
-def _tip_subject(f: dict, ctx: SessionFacts) -> str:
-    return (
-        f"First {ctx.subject} sessions go best with a quick diagnostic: two or three "
-        "short questions of rising difficulty show you where to start without a test feel."
-    )
+    def link(self, session_id: str, token: str | None) -> str:
+        """The URL the email carries for the session."""
+        if self.track and token:
+            return f"{self.base_url.rstrip('/')}/api/first-session/r/{token}"
+        return self.target(session_id)
 
-
-def _tip_new_tutor(f: dict, ctx: SessionFacts) -> str:
-    days = int(ctx.features.get("tutor_tenure_days") or 0)
-    opening = (
-        f"You joined {days} days ago, so every first session builds your reputation."
-        if days < NEW_TUTOR_DAYS
-        else "A new student only knows you from your profile, so structure earns trust."
-    )
-    return (
-        f"{opening} Write down a simple plan (welcome, a short diagnostic, one focused "
-        "topic, a recap) and share it in the first minute."
-    )
-
-
-def _tip_first_sessions(f: dict, ctx: SessionFacts) -> str:
-    return (
-        "Some of your recent first sessions were rated lower than usual. Students rate "
-        "first sessions on clarity and warmth: explain what you will do in this session "
-        "at the start, and summarise what they learned at the end."
-    )
-
-
-def _tip_ratings(f: dict, ctx: SessionFacts) -> str:
-    return (
-        "Returning students' ratings suggest room to grow. Ask for feedback near the end "
-        '("Was this pace right for you?") and adjust straight away.'
-    )
-
-
-def _tip_reliability(f: dict, ctx: SessionFacts) -> str:
-    return (
-        "Reliability matters most in a first session: confirm the time with your student "
-        "today, and set a reminder 30 minutes before. If you must move it, do so as early "
-        "as possible."
-    )
-
-
-def _tip_engagement(f: dict, ctx: SessionFacts) -> str:
-    return (
-        "Reply to your student's messages before the session and review their profile and "
-        "any notes, so you arrive knowing their goals."
-    )
-
-
-def _tip_weekday(f: dict, ctx: SessionFacts) -> str:
-    return (
-        f"The session falls on a {ctx.weekday}. Students can be tired or busy then; a warm, "
-        "relaxed opening helps."
-    )
-
-
-TIP_WRITERS: Final = {
-    "local_hour": ("Time of day", _tip_time),
-    "student_age": ("Your student", _tip_age),
-    "subject": ("The subject", _tip_subject),
-    "tutor_tenure_days": ("Getting established", _tip_new_tutor),
-    "n_rated_first_sessions": ("Getting established", _tip_new_tutor),
-    "session_count": ("Getting established", _tip_new_tutor),
-    "n_ratings": ("Getting established", _tip_new_tutor),
-    "first_session_success_rate": ("First impressions", _tip_first_sessions),
-    "avg_rating": ("Feedback", _tip_ratings),
-    "reschedule_rate": ("Reliability", _tip_reliability),
-    "no_show_rate": ("Reliability", _tip_reliability),
-    "engagement_score": ("Before the session", _tip_engagement),
-    "engagement_recent_mean": ("Before the session", _tip_engagement),
-    "local_dow": ("The day", _tip_weekday),
-}
-"""Feature → (tip title, writer). Features that share advice share a title, and a
-title appears once per email."""
-
-MAX_TIPS: Final = 3
-NEW_TUTOR_DAYS: Final = 60
-"""Below this tenure the email speaks of the tutor as new on the platform."""
+    def pixel(self, token: str | None) -> str | None:
+        """The open-tracking image URL, or None (tracking off or no token)."""
+        if self.track and token:
+            return f"{self.base_url.rstrip('/')}/api/first-session/t/{token}.gif"
+        return None
 
 
 @dataclass(frozen=True)
@@ -203,20 +152,54 @@ class SessionFacts:
     tutor_email: str | None
     subject: str
     student_age: int
+    age_group: str
     local_time: str
     local_date: str
     weekday: str
     timezone: str
     utc_time: str
+    tutor_time: str | None
     starts_in: str
     time_of_day: str
     risk_level: str
     risk_score: int
     model_version: str
     message_id: str
-    history: dict[str, str] = field(default_factory=dict)
+    link: str
+    tracking_token: str | None = None
+    record: TutorRecord | None = None
     factors: list[dict[str, Any]] = field(default_factory=list)
     features: dict[str, Any] = field(default_factory=dict)
+    tips: tuple[Tip, ...] = ()
+
+    @property
+    def priority(self) -> str:
+        """The risk level in words."""
+        return PRIORITY_WORDS.get(self.risk_level, self.risk_level.title())
+
+    @property
+    def badge_colour(self) -> str:
+        return BADGE_COLOURS.get(self.risk_level, BADGE_COLOURS["HIGH"])[0]
+
+    @property
+    def badge_background(self) -> str:
+        return BADGE_COLOURS.get(self.risk_level, BADGE_COLOURS["HIGH"])[1]
+
+
+@dataclass(frozen=True)
+class LetterFacts:
+    """One email: a tutor, their record, and their sessions (earliest first)."""
+
+    tutor_name: str
+    tutor_email: str | None
+    sessions: tuple[SessionFacts, ...]
+    history: dict[str, str]
+    message_id: str
+    pixel_url: str | None
+
+    @property
+    def session_ids(self) -> tuple[str, ...]:
+        return tuple(s.session_id for s in self.sessions)
 
 
 def _starts_in(start: datetime, now: datetime) -> str:
@@ -229,151 +212,163 @@ def _starts_in(start: datetime, now: datetime) -> str:
     return f"in {round(hours / 24)} days"
 
 
-def _history(features: dict[str, Any]) -> dict[str, str]:
-    """The tutor's track record as of scoring, in words."""
-    tenure = int(features.get("tutor_tenure_days") or 0)
-    rated_first = int(features.get("n_rated_first_sessions") or 0)
+def _clock(moment: datetime) -> str:
+    """`9:30 PM EST`, `10 AM CET` (minutes only when not on the hour)."""
+    return moment.strftime("%-I:%M %p %Z").replace(":00 ", " ")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def history_from_record(record: TutorRecord) -> dict[str, str]:
+    """The tutor's record as of scoring, as counts from the platform's tables."""
+    days = record.tenure_days
     history = {
-        "Time on the platform": f"{tenure} days" if tenure != 1 else "1 day",
-        "Sessions taught": f"{int(features.get('session_count') or 0)}",
-        "Rated first sessions": f"{rated_first}",
+        "Time on the platform": _count(days, "day"),
+        "Sessions taught": f"{record.completed}",
     }
-    if rated_first:
-        rate = float(features.get("first_session_success_rate") or 0.0)
-        history["First sessions rated 3+ stars"] = f"about {round(rate * 100)}%"
-    if int(features.get("n_ratings") or 0):
-        history["Average rating from returning students"] = (
-            f"{float(features.get('avg_rating') or 0.0):.1f} / 5"
+    if record.first_rated:
+        history["First sessions"] = (
+            f"{record.first_good} of {_count(record.first_rated, 'rated first session')}"
+            " at 3 stars or more"
+        )
+    else:
+        history["First sessions"] = "none rated yet"
+    average = record.average_rating
+    history["Ratings from returning students"] = (
+        f"average {average:.1f} from {_count(record.later_rated, 'rating')}"
+        if average is not None
+        else "none yet"
+    )
+    if record.ended:
+        history["Rescheduled or missed"] = (
+            f"{record.rescheduled + record.no_show} of {_count(record.ended, 'past session')}"
         )
     return history
+
+
+def history_from_features(features: dict[str, Any]) -> dict[str, str]:
+    """Without the platform's record (a row built elsewhere): only the raw counts the
+    features carry, never a smoothed share or average."""
+    return {
+        "Time on the platform": _count(int(features.get("tutor_tenure_days") or 0), "day"),
+        "Sessions taught": f"{int(features.get('session_count') or 0)}",
+        "Rated first sessions": f"{int(features.get('n_rated_first_sessions') or 0)}",
+        "Ratings from returning students": f"{int(features.get('n_ratings') or 0)}",
+    }
 
 
 def _as_dict(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def session_facts(row: dict[str, Any], now: datetime) -> SessionFacts:
-    """Facts of one due alert row (prediction + tutor + student's zone), in people's terms."""
+def _tutor_time(start: datetime, student_zone: str, record: TutorRecord | None) -> str | None:
+    """The start in the tutor's own zone, when the platform knows it and it differs."""
+    zone = record.tutor_zone if record else None
+    if not zone or zone == student_zone:
+        return None
+    try:
+        return _clock(start.astimezone(ZoneInfo(zone)))
+    except (KeyError, ValueError):  # ZoneInfoNotFoundError is a KeyError
+        log.warning("tutor time zone %r unknown; the email shows the student's zone only", zone)
+        return None
+
+
+def session_facts(
+    row: dict[str, Any], now: datetime, links: LinkPolicy | None = None
+) -> SessionFacts:
+    """Facts of one due alert row (prediction + tutor + student's zone + record), in
+    people's terms, with its tips."""
+    links = links or LinkPolicy()
     features = _as_dict(row.get("features")) or {}
     zone = str(row.get("timezone") or "UTC")
-    start = row["scheduled_start"]
+    start: datetime = row["scheduled_start"]
     local = start.astimezone(ZoneInfo(zone))
-    hour = local.hour + local.minute / 60.0
-    return SessionFacts(
-        session_id=str(row["session_id"]),
+    record = row.get("record") if isinstance(row.get("record"), TutorRecord) else None
+    session_id = str(row["session_id"])
+    token = row.get("tracking_token") or None
+    age = int(features.get("student_age") or 0)
+    facts = SessionFacts(
+        session_id=session_id,
         tutor_name=str(row.get("tutor_name") or "there"),
         tutor_email=row.get("recipient"),
         subject=subject_name(str(row.get("subject") or features.get("subject") or "")),
-        student_age=int(features.get("student_age") or 0),
-        local_time=local.strftime("%-I:%M %p %Z").replace(":00 ", " "),
+        student_age=age,
+        age_group=age_group(age),
+        local_time=_clock(local),
         local_date=local.strftime("%A %-d %B"),
         weekday=local.strftime("%A"),
         timezone=zone,
         utc_time=start.astimezone(ZoneInfo("UTC")).strftime("%H:%M UTC"),
+        tutor_time=_tutor_time(start, zone, record),
         starts_in=_starts_in(start, now),
-        time_of_day=time_of_day(hour),
+        time_of_day=time_of_day(local.hour + local.minute / 60.0),
         risk_level=str(row["risk_level"]),
         risk_score=int(row["risk_score"]),
         model_version=str(row["model_version"]),
-        message_id=str(row["message_id"]),
-        history=_history(features),
+        message_id=str(row.get("message_id") or ""),
+        link=links.link(session_id, token),
+        tracking_token=token,
+        record=record,
         factors=list(_as_dict(row.get("top_risk_factors")) or []),
         features=dict(features),
     )
+    return _with_tips(facts)
 
 
-def choose_tips(facts: SessionFacts, limit: int = MAX_TIPS) -> list[dict[str, str]]:
-    """Tips for the factors that raise THIS session's risk, strongest first, one per title."""
-    tips: list[dict[str, str]] = []
-    seen: set[str] = set()
-    raising = [f for f in facts.factors if float(f.get("contribution", 0)) > 0]
-    for factor in sorted(raising, key=lambda f: -float(f.get("contribution", 0))):
-        entry = TIP_WRITERS.get(str(factor.get("feature")))
-        if entry is None or entry[0] in seen:
-            continue
-        title, writer = entry
-        seen.add(title)
-        tips.append({"title": title, "text": writer(factor, facts), "feature": factor["feature"]})
-        if len(tips) == limit:
-            break
-    if not tips:
-        tips.append({"title": "The subject", "text": _tip_subject({}, facts), "feature": "subject"})
-    return tips
+def _with_tips(facts: SessionFacts) -> SessionFacts:
+    return dataclasses.replace(facts, tips=tuple(choose_tips(facts)))
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+def choose_tips(facts: SessionFacts, limit: int = MAX_TIPS) -> list[Tip]:
+    """Tips for the factors that raise THIS session's risk, strongest first, one per
+    title, each with its one-line reason (catalogue: templates/tips.yaml)."""
+    catalogue = load_catalogue(TEMPLATES_DIR / TIPS_FILE)
+    return choose_catalogue_tips(catalogue, facts.factors, {"s": facts, "r": facts.record}, limit)
 
 
-def plain(value: Any) -> str:
-    """A value made safe for the plain-text part and headers: every control character
-    (line breaks included: no header injection) becomes a space."""
-    return _CONTROL.sub(" ", str(value))
+def message_id_for(session_id: str, sender: str) -> str:
+    """The deterministic Message-ID of a session's alert: the same session always gets
+    the same id, so a delivery can be recognised (and deduplicated) after a crash."""
+    domain = sender.rpartition("@")[2] or "localhost"
+    slug = re.sub(r"[^A-Za-z0-9_-]", "", session_id)[:40] or "session"
+    digest = hashlib.sha256(session_id.encode()).hexdigest()[:12]
+    return f"<fsp-alert.{slug}.{digest}@{domain}>"
 
 
-class InvalidRecipient(ValueError):
-    """The tutor's address cannot be used; only that email is set aside."""
+def letter_message_id(session_ids: list[str] | tuple[str, ...], sender: str) -> str:
+    """The Message-ID of one email covering `session_ids`: the session's own id for a
+    single session, else one derived from the sorted ids (same set, same id)."""
+    ids = sorted(session_ids)
+    if len(ids) == 1:
+        return message_id_for(ids[0], sender)
+    domain = sender.rpartition("@")[2] or "localhost"
+    slug = re.sub(r"[^A-Za-z0-9_-]", "", ids[0])[:40] or "session"
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
+    return f"<fsp-alert.{slug}.{len(ids)}s.{digest}@{domain}>"
 
 
-class UnsafeHeader(HeaderParseError):
-    """A header of the built message does not read back as it was meant (an extra
-    header or recipient): that email is set aside, never sent."""
-
-
-_ENCODED_WORD_START = "=?"
-_HEADER_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-"""C0 and C1 controls and the Unicode line/paragraph separators: all that str.splitlines
-(and so the email library) may take for a line break."""
-_MAX_DECODING_ROUNDS = 5
-_ADDR_SPEC = re.compile(r"[^\s@<>()\[\],;:\\]+@[^\s@<>()\[\],;:\\\"]+")
-
-
-def _decoded_once(text: str) -> str:
-    """RFC 2047 encoded words decoded, the way the email library reads a header value
-    it is given (it would decode `=?utf-8?q?=0D=0A?=` into a real line break)."""
-    try:
-        return str(make_header(decode_header(text)))
-    except (LookupError, UnicodeError, HeaderParseError, ValueError):
-        try:  # an unknown charset, or raw non-ASCII beside an encoded word
-            return str(default_policy.header_factory("X-Decode", text))
-        except (LookupError, UnicodeError, HeaderParseError, ValueError):
-            return text
-
-
-def header_text(value: Any) -> str:
-    """A value made safe for a header built from data: encoded words decoded (until
-    nothing changes), every control character or line separator (CR, LF, NEL, U+2028:
-    no header injection) a space, and any `=?` left split as `= ?`, so the library
-    cannot decode a line break into it later."""
-    text = str(value)
-    for _ in range(_MAX_DECODING_ROUNDS):
-        if _ENCODED_WORD_START not in text:
-            break
-        decoded = _decoded_once(text)
-        if decoded == text:
-            break
-        text = decoded
-    return _HEADER_BREAKS.sub(" ", text).replace(_ENCODED_WORD_START, "= ?").strip()
-
-
-def safe_address(display_name: Any, addr_spec: Any) -> Address:
-    """One address for a header: the display name through `header_text`, the address
-    itself plain (one @, no spaces, controls, brackets or encoded words) and read back
-    by the library unchanged. InvalidRecipient otherwise."""
-    spec = str(addr_spec or "")
-    if not _ADDR_SPEC.fullmatch(spec) or _HEADER_BREAKS.search(spec) or _ENCODED_WORD_START in spec:
-        raise InvalidRecipient(f"invalid recipient {spec!r}: not a plain address")
-    try:
-        address = Address(header_text(display_name), addr_spec=spec)
-    except (ValueError, IndexError, HeaderParseError) as exc:
-        raise InvalidRecipient(f"invalid recipient {spec!r}: {exc}") from exc
-    if address.addr_spec != spec:
-        raise InvalidRecipient(f"invalid recipient {spec!r}: reads as {address.addr_spec!r}")
-    return address
-
-
-def recipient(facts: SessionFacts) -> Address:
-    """The To: address with the tutor's name as display name (quoted by the library)."""
-    return safe_address(facts.tutor_name, facts.tutor_email)
+def letter_facts(
+    rows: list[dict[str, Any]], now: datetime, sender: str, links: LinkPolicy | None = None
+) -> LetterFacts:
+    """One letter from the due rows of one tutor (all with the same recipient)."""
+    if not rows:
+        raise ValueError("a letter needs at least one session")
+    ordered = sorted(rows, key=lambda r: (r["scheduled_start"], str(r["session_id"])))
+    sessions = [session_facts(r, now, links) for r in ordered]
+    first = sessions[0]
+    record = next((s.record for s in sessions if s.record is not None), None)
+    history = history_from_record(record) if record else history_from_features(first.features)
+    pixel_token = min((s.tracking_token for s in sessions if s.tracking_token), default=None)
+    return LetterFacts(
+        tutor_name=first.tutor_name,
+        tutor_email=first.tutor_email,
+        sessions=tuple(sessions),
+        history=history,
+        message_id=letter_message_id([s.session_id for s in sessions], sender),
+        pixel_url=(links or LinkPolicy()).pixel(pixel_token),
+    )
 
 
 def _environment() -> Environment:
@@ -390,16 +385,12 @@ def _environment() -> Environment:
     return env
 
 
-def template_context(facts: SessionFacts) -> dict[str, Any]:
+def template_context(letter: LetterFacts) -> dict[str, Any]:
     """What both templates see."""
-    colour, background = BADGE_COLOURS.get(facts.risk_level, BADGE_COLOURS["HIGH"])
     return {
-        "s": facts,
-        "tips": choose_tips(facts),
+        "letter": letter,
+        "sessions": letter.sessions,
         "best_practices": BEST_PRACTICES,
-        "priority": PRIORITY_WORDS.get(facts.risk_level, facts.risk_level.title()),
-        "badge_colour": colour,
-        "badge_background": background,
     }
 
 
@@ -412,58 +403,43 @@ class RenderedEmail:
     html: str
 
 
-def render(facts: SessionFacts, env: Environment | None = None) -> RenderedEmail:
+def subject_line(letter: LetterFacts) -> str:
+    """One session: its subject and day; several: how many and from which day."""
+    first = letter.sessions[0]
+    if len(letter.sessions) == 1:
+        return plain(f"Preparing for your first {first.subject} session on {first.local_date}")
+    return plain(
+        f"Preparing for your {len(letter.sessions)} first sessions from {first.local_date}"
+    )
+
+
+def render(letter: LetterFacts, env: Environment | None = None) -> RenderedEmail:
     """Render both parts; any template error propagates (fails the batch loudly)."""
     env = env or _environment()
-    context = template_context(facts)
-    subject = plain(
-        f"Preparing for your first {facts.subject} session on {facts.local_date}"
-    ).strip()
+    context = template_context(letter)
     return RenderedEmail(
-        subject=subject,
+        subject=subject_line(letter).strip(),
         text=env.get_template(TEXT_TEMPLATE).render(context),
         html=env.get_template(HTML_TEMPLATE).render(context),
     )
 
 
-def message_id_for(session_id: str, sender: str) -> str:
-    """The deterministic Message-ID of a session's alert: the same session always gets
-    the same id, so a delivery can be recognised (and deduplicated) after a crash."""
-    domain = sender.rpartition("@")[2] or "localhost"
-    slug = re.sub(r"[^A-Za-z0-9_-]", "", session_id)[:40] or "session"
-    digest = hashlib.sha256(session_id.encode()).hexdigest()[:12]
-    return f"<fsp-alert.{slug}.{digest}@{domain}>"
-
-
-HEADERS: Final = (
-    "Subject",
-    "From",
-    "To",
-    "Message-ID",
-    "Date",
-    "X-FSP-Session-Id",
-    "X-FSP-Model-Version",
-    "Auto-Submitted",
-)
-"""The headers an alert sets, besides the MIME ones; nothing else may appear."""
-_MIME_HEADERS: Final = ("Content-Type", "MIME-Version", "Content-Transfer-Encoding")
-
-
 def build_message(
-    facts: SessionFacts, rendered: RenderedEmail, sender: str, now: datetime
+    letter: LetterFacts, rendered: RenderedEmail, sender: str, now: datetime
 ) -> EmailMessage:
     """A multipart/alternative message (text first, HTML preferred) with safe headers:
     every value built from data goes through `header_text` / `safe_address`, and the
     message is read back to prove it has these headers only and one recipient."""
     message = EmailMessage()
-    to = recipient(facts)
+    to = safe_address(letter.tutor_name, letter.tutor_email)
+    versions = sorted({s.model_version for s in letter.sessions})
     message["Subject"] = header_text(rendered.subject)
     message["From"] = safe_address("First-session coach", sender)
     message["To"] = to
-    message["Message-ID"] = header_text(facts.message_id)
+    message["Message-ID"] = header_text(letter.message_id)
     message["Date"] = format_datetime(now)
-    message["X-FSP-Session-Id"] = header_text(facts.session_id)
-    message["X-FSP-Model-Version"] = header_text(facts.model_version)
+    message["X-FSP-Session-Id"] = header_text(", ".join(letter.session_ids))
+    message["X-FSP-Model-Version"] = header_text(", ".join(versions))
     message["Auto-Submitted"] = "auto-generated"
     message.set_content(rendered.text)
     message.add_alternative(rendered.html, subtype="html")
@@ -471,28 +447,28 @@ def build_message(
     return message
 
 
-def check_headers(message: EmailMessage, to: str) -> None:
-    """UnsafeHeader unless the message, as it will be sent, reads back with exactly the
-    alert's headers, once each, and `to` as its single recipient."""
-    parsed = message_from_bytes(message.as_bytes(), policy=default_policy)
-    names = [name.lower() for name in parsed]
-    allowed = {name.lower() for name in (*HEADERS, *_MIME_HEADERS)}
-    extra = sorted(set(names) - allowed)
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if extra or repeated:
-        raise UnsafeHeader(f"unexpected headers {extra or repeated} in the message to {to!r}")
-    try:
-        addresses = [a.addr_spec for a in parsed["To"].addresses]
-    except (AttributeError, IndexError, ValueError, HeaderParseError) as exc:
-        raise UnsafeHeader(f"the To header does not read back: {exc}") from exc
-    if addresses != [to]:
-        raise UnsafeHeader(f"the To header reads as {addresses!r}, not [{to!r}]")
+def compose_letter(
+    rows: list[dict[str, Any]],
+    now: datetime,
+    sender: str,
+    env: Environment | None = None,
+    links: LinkPolicy | None = None,
+) -> tuple[LetterFacts, EmailMessage]:
+    """The due rows of one tutor → (letter facts, EmailMessage)."""
+    letter = letter_facts(rows, now, sender, links)
+    return letter, build_message(letter, render(letter, env), sender, now)
 
 
-def compose(row: dict[str, Any], now: datetime, sender: str, env: Environment | None = None):
-    """One due alert row → (facts, EmailMessage)."""
-    facts = session_facts(row, now)
-    return facts, build_message(facts, render(facts, env), sender, now)
+def compose(
+    row: dict[str, Any],
+    now: datetime,
+    sender: str,
+    env: Environment | None = None,
+    links: LinkPolicy | None = None,
+) -> tuple[SessionFacts, EmailMessage]:
+    """One due alert row → (its session facts, the EmailMessage of a letter of one)."""
+    letter, message = compose_letter([row], now, sender, env, links)
+    return letter.sessions[0], message
 
 
 def environment() -> Environment:

@@ -1,171 +1,47 @@
-"""The alerts flow (after each scoring): tutors of high-risk upcoming sessions get one
-preparation email each; a deterministic holdout share gets none.
+"""The alerts flow (after each scoring): each tutor of high-risk upcoming first sessions
+gets one preparation email listing them; a deterministic holdout share gets none.
 
-Order matters: every due email of the batch is rendered BEFORE the first is sent,
-so a template error fails the run with nothing sent and nothing marked. The
-delivery state machine (exactly once) is in `alerting.queue`."""
+A table of contents: each step is a small task over `alerting.dispatch` and
+`alerting.queue`, where the logic lives. The run logs what it did and publishes a
+markdown artifact (`fsp-alerts-summary`) with the emails sent, held out, failed and
+undeliverable."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.errors import HeaderDefect, HeaderParseError
-from email.message import EmailMessage
-from typing import Any
+from datetime import datetime
+from typing import Any, Final
 
 import pandas as pd
-import psycopg
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from alerting import queue
-from alerting.delivery import DeliveryFailed, Mailer, make_mailer
-from alerting.render import InvalidRecipient, compose, environment
+from alerting import dispatch, queue
+from alerting.delivery import Mailer, make_mailer
 from flows.common import parse_moment
 from flows.retrying import RETRYING
 from fsp.db import connect, connection, database_url
 from fsp.settings import Settings, get_settings
 
+ARTIFACT_KEY: Final = "fsp-alerts-summary"
 
-def wall_clock() -> datetime:
-    """The real time: retries, leases and 'sent at' are about it, not the business `now`."""
-    return datetime.now(UTC)
-
-
-@dataclass
-class Batch:
-    """Rendered emails by session id, and rows that can never be sent (with why)."""
-
-    messages: dict[str, EmailMessage] = field(default_factory=dict)
-    undeliverable: dict[str, str] = field(default_factory=dict)
-
-
-def render_batch(due: pd.DataFrame, now: datetime, sender: str) -> Batch:
-    """Render every due email. A bad recipient address only sets that row aside;
-    a template error propagates and stops the whole batch."""
-    batch = Batch()
-    env = environment()
-    for raw in due.to_dict("records"):
-        row = {str(k): v for k, v in raw.items()}
-        session_id = str(row["session_id"])
-        if not row.get("recipient"):
-            batch.undeliverable[session_id] = "the tutor has no email address"
-            continue
-        try:
-            _, message = compose(row, now, sender, env)
-        except (InvalidRecipient, HeaderParseError, HeaderDefect) as exc:
-            batch.undeliverable[session_id] = str(exc)
-            continue
-        batch.messages[session_id] = message
-    return batch
-
-
-def deliver(
-    conn: psycopg.Connection,
-    mailer: Mailer,
-    batch: Batch,
-    settings: Settings,
-    wall_now: datetime,
-    clock: Callable[[], datetime] = wall_clock,
-    now: datetime | None = None,
-) -> dict[str, int]:
-    """Claim, send and record each message of the batch, one at a time; given the
-    run's `now`, a session that has started by then is never claimed.
-
-    Stops early when the relay is down: the rest stay pending, attempts untouched.
-    `conn` must be in autocommit mode so that each claim is committed before its
-    email leaves (that commit is what keeps a concurrent run away from it)."""
-    if not conn.autocommit:
-        raise ValueError("deliver() needs an autocommit connection (each claim must commit)")
-    counts = {"sent": 0, "retry_later": 0, "failed": 0, "undeliverable": 0}
-    for session_id, reason in batch.undeliverable.items():
-        queue.mark_undeliverable(conn, session_id, reason)
-        counts["undeliverable"] += 1
-    ids = list(batch.messages)
-    while ids and (claim := queue.claim_next(conn, wall_now, ids, now=now)) is not None:
-        try:
-            mailer.send(batch.messages[claim.session_id])
-        except DeliveryFailed as exc:
-            status = queue.mark_failed_attempt(
-                conn,
-                claim,
-                exc.reason,
-                wall_now,
-                max_attempts=settings.alert_max_attempts,
-                backoff_seconds=settings.alert_backoff_seconds,
-                uncertain=exc.uncertain,
-            )
-            counts["retry_later" if status == "pending" else "failed"] += 1
-            if exc.relay_down:
-                break
-            continue
-        queue.mark_sent(conn, claim.session_id, clock())
-        counts["sent"] += 1
-    return counts
-
-
-def run_alerts(
-    conn: psycopg.Connection,
-    mailer: Mailer,
-    settings: Settings,
-    now: datetime,
-    wall_now: datetime,
-) -> dict[str, Any]:
-    """The whole alerts step without Prefect (tests and concurrency checks call it)."""
-    recovered = recover(conn, mailer, settings, wall_now)
-    queued = queue.enqueue(
-        conn, now, wall_now, settings.alert_holdout_share, settings.smtp_from_email
-    )
-    cancelled = queue.cancel_stale(conn, now)
-    batch = render_batch(queue.due_alerts(conn, wall_now), now, settings.smtp_from_email)
-    delivered = deliver(conn, mailer, batch, settings, wall_now, now=now)
-    return summarize(now, mailer, recovered, queued, cancelled, delivered, conn)
-
-
-def recover(
-    conn: psycopg.Connection, mailer: Mailer, settings: Settings, wall_now: datetime
-) -> dict[str, int]:
-    """Settle deliveries a previous run left half-done (see alerting.queue)."""
-    return queue.recover_interrupted(
-        conn,
-        mailer.was_delivered,
-        wall_now,
-        settings.alert_send_lease_seconds,
-        settings.alert_max_attempts,
-    )
-
-
-def summarize(
-    now: datetime,
-    mailer: Mailer,
-    recovered: dict[str, int],
-    queued: dict[str, int],
-    cancelled: int,
-    delivered: dict[str, int],
-    conn: psycopg.Connection,
-) -> dict[str, Any]:
-    """What an alerts run did, and where every delivery stands now."""
-    return {
-        "now": now.isoformat(),
-        "delivery": mailer.describe(),
-        **queued,
-        "cancelled": cancelled,
-        **{k: v for k, v in recovered.items() if v},
-        **delivered,
-        "totals": queue.status_counts(conn),
-    }
+# Kept importable from here for callers written before alerting.dispatch existed.
+Batch = dispatch.Batch
+deliver = dispatch.deliver
+render_batch = dispatch.render_batch
+run_alerts = dispatch.run_alerts
+wall_clock = dispatch.wall_clock
 
 
 @task(cache_policy=NO_CACHE, **RETRYING)
-def recover_interrupted(settings: Settings, mailer: Mailer, wall_now: datetime) -> dict:
+def recover_interrupted(settings: Settings, mailer: Mailer, wall_now: datetime) -> dict[str, int]:
     """Settle rows a crashed run left in `sending` (outbox: by file; SMTP: uncertain)."""
     with connection(settings) as conn:
-        return recover(conn, mailer, settings, wall_now)
+        return dispatch.recover(conn, mailer, settings, wall_now)
 
 
 @task(cache_policy=NO_CACHE, **RETRYING)
-def enqueue_high_risk(settings: Settings, now: datetime, wall_now: datetime) -> dict:
+def enqueue_high_risk(settings: Settings, now: datetime, wall_now: datetime) -> dict[str, int]:
     """New high-risk upcoming sessions → holdout or pending (idempotent)."""
     with connection(settings) as conn:
         return queue.enqueue(
@@ -188,48 +64,80 @@ def load_due(settings: Settings, wall_now: datetime) -> pd.DataFrame:
 
 
 @task(cache_policy=NO_CACHE)
-def render_emails(due: pd.DataFrame, now: datetime, sender: str) -> Batch:
-    """All emails of the batch, rendered before any is sent (no retries: a template
+def render_emails(due: pd.DataFrame, now: datetime, settings: Settings) -> dispatch.Batch:
+    """All letters of the batch, rendered before any is sent (no retries: a template
     error is not transient)."""
-    return render_batch(due, now, sender)
+    return dispatch.render_batch(due, now, settings.smtp_from_email, dispatch.link_policy(settings))
 
 
 @task(cache_policy=NO_CACHE, **RETRYING)
 def send_emails(
-    settings: Settings, mailer: Mailer, batch: Batch, wall_now: datetime, now: datetime
-) -> dict:
-    """Claim-send-record each message; a retry after a lost DB connection is safe
+    settings: Settings, mailer: Mailer, batch: dispatch.Batch, wall_now: datetime, now: datetime
+) -> dict[str, int]:
+    """Claim-send-record each letter; a retry after a lost DB connection is safe
     (claimed rows stay `sending` until recovered, so nothing goes out twice)."""
     with connect(database_url(settings), autocommit=True) as conn:
-        return deliver(conn, mailer, batch, settings, wall_now, now=now)
+        return dispatch.deliver(conn, mailer, batch, settings, wall_now, now=now)
 
 
 @task(cache_policy=NO_CACHE, **RETRYING)
-def delivery_totals(settings: Settings) -> dict[str, int]:
-    """Deliveries per state after this run."""
+def delivery_totals(settings: Settings) -> tuple[dict[str, int], int]:
+    """Sessions per delivery state after this run, and the emails sent in all."""
     with connection(settings) as conn:
-        return queue.status_counts(conn)
+        return queue.status_counts(conn), queue.letters_sent(conn)
 
 
-@flow(name="fsp-alerts", log_prints=True)
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The run's artifact: this run's figures, then where every delivery stands."""
+    rows = [
+        ("Emails sent", summary.get("emails_sent", 0)),
+        ("Sessions alerted", summary.get("sent", 0)),
+        ("Sessions held out (no email)", summary.get("holdout", 0)),
+        ("Sessions failed for good", summary.get("failed", 0)),
+        ("Sessions to retry later", summary.get("retry_later", 0)),
+        ("Sessions undeliverable (address)", summary.get("undeliverable", 0)),
+        ("Sessions cancelled (stale)", summary.get("cancelled", 0)),
+    ]
+    totals = summary.get("totals", {})
+    lines = [
+        f"# Alerts run as of {summary['now']}",
+        "",
+        f"Delivery: {summary['delivery']}; emails sent in all: {summary['emails_total']}",
+        "",
+        "| this run | count |",
+        "| --- | ---: |",
+        *(f"| {label} | {value} |" for label, value in rows),
+        "",
+        "| all deliveries by state | count |",
+        "| --- | ---: |",
+        *(f"| {state} | {n} |" for state, n in sorted(totals.items())),
+    ]
+    return "\n".join(lines)
+
+
+@flow(name="fsp-alerts")
 def alerts_flow(now: str | datetime | None = None) -> dict[str, Any]:
     """Email tutors of high-risk upcoming sessions that have no alert yet."""
+    log = get_run_logger()
     settings = get_settings()
     moment = parse_moment(now)
-    wall_now = wall_clock()
+    wall_now = dispatch.wall_clock()
     mailer = make_mailer(settings)
+    log.info("alerts as of %s, delivering to %s", moment.isoformat(), mailer.describe())
     recovered = recover_interrupted(settings, mailer, wall_now)
     queued = enqueue_high_risk(settings, moment, wall_now)
+    log.info("taken on: %s", queued)
     cancelled = cancel_stale_alerts(settings, moment)
     due = load_due(settings, wall_now)
-    batch = render_emails(due, moment, settings.smtp_from_email)
+    batch = render_emails(due, moment, settings)
+    log.info("%d due session(s) → %d email(s)", len(due), len(batch.letters))
     delivered = send_emails(settings, mailer, batch, wall_now, moment)
-    return {
-        "now": moment.isoformat(),
-        "delivery": mailer.describe(),
-        **queued,
-        "cancelled": cancelled,
-        **{k: v for k, v in recovered.items() if v},
-        **delivered,
-        "totals": delivery_totals(settings),
-    }
+    totals, emails_total = delivery_totals(settings)
+    summary = dispatch.summarize(
+        moment, mailer, recovered, queued, cancelled, delivered, totals, emails_total
+    )
+    log.info("delivered: %s; totals: %s", delivered, summary["totals"])
+    create_markdown_artifact(
+        key=ARTIFACT_KEY, markdown=summary_markdown(summary), description="Alerts run summary"
+    )
+    return summary

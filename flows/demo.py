@@ -79,6 +79,41 @@ def ensure_demo_platform(conn: psycopg.Connection, tutors: int) -> tuple[datetim
     return data_now(conn), False
 
 
+@dataclass(frozen=True)
+class _Outcomes:
+    """What the demo platform draws for each scored session: its final status, whether
+    it was rated, the stars, and how long after its end the rating came."""
+
+    status: np.ndarray
+    rated: np.ndarray
+    stars: np.ndarray
+    delay_hours: np.ndarray
+
+
+def _draw_outcomes(rows: list, rng: np.random.Generator) -> _Outcomes:
+    """Poor with probability sigmoid(logit(risk) + noise), an alert shifting the odds."""
+    n = len(rows)
+    risk = np.clip(np.array([r[3] for r in rows], dtype=float), 1e-4, 1 - 1e-4)
+    alerted = np.array([bool(r[4]) for r in rows])
+    odds_shift = np.where(alerted, np.log(ALERT_ODDS_EFFECT), 0.0)
+    poor = rng.random(n) < expit(logit(risk) + odds_shift + rng.normal(0, OUTCOME_NOISE_SD, n))
+    u = rng.random(n)
+    status = np.select(
+        [
+            u < STUDENT_CANCEL_RATE,
+            u < STUDENT_CANCEL_RATE + TUTOR_RESCHEDULE_RATE,
+            u < STUDENT_CANCEL_RATE + TUTOR_RESCHEDULE_RATE + TUTOR_NO_SHOW_RATE,
+        ],
+        ["cancelled", "rescheduled", "no_show"],
+        "completed",
+    )
+    rated = (status == "completed") & (rng.random(n) < RATED_SHARE)
+    stars_good = rng.integers(3, 6, n)
+    stars_poor = rng.integers(1, 3, n)
+    delay_hours = rng.exponential(RATING_DELAY_MEAN_HOURS, n)
+    return _Outcomes(status, rated, np.where(poor, stars_poor, stars_good), delay_hours)
+
+
 def simulate_platform_outcomes(
     conn: psycopg.Connection, scored_after: datetime, until: datetime, seed: int = DEMO_SEED
 ) -> dict[str, int]:
@@ -103,45 +138,25 @@ def simulate_platform_outcomes(
     ).fetchall()
     if not rows:
         return {"sessions_ended": 0, "ratings_arrived": 0}
-    rng = np.random.default_rng(seed)
-    n = len(rows)
-    risk = np.clip(np.array([r[3] for r in rows], dtype=float), 1e-4, 1 - 1e-4)
-    alerted = np.array([bool(r[4]) for r in rows])
-    odds_shift = np.where(alerted, np.log(ALERT_ODDS_EFFECT), 0.0)
-    poor = rng.random(n) < expit(logit(risk) + odds_shift + rng.normal(0, OUTCOME_NOISE_SD, n))
-    u = rng.random(n)
-    status = np.select(
-        [
-            u < STUDENT_CANCEL_RATE,
-            u < STUDENT_CANCEL_RATE + TUTOR_RESCHEDULE_RATE,
-            u < STUDENT_CANCEL_RATE + TUTOR_RESCHEDULE_RATE + TUTOR_NO_SHOW_RATE,
-        ],
-        ["cancelled", "rescheduled", "no_show"],
-        "completed",
-    )
-    rated = (status == "completed") & (rng.random(n) < RATED_SHARE)
-    stars_good = rng.integers(3, 6, n)
-    stars_poor = rng.integers(1, 3, n)
-    delay_hours = rng.exponential(RATING_DELAY_MEAN_HOURS, n)
+    outcome = _draw_outcomes(rows, np.random.default_rng(seed))
     feedback = []
     with conn.transaction():
         for i, (session_id, start, minutes, _, _) in enumerate(rows):
             conn.execute(
                 "UPDATE platform.sessions SET status = %s WHERE session_id = %s"
                 " AND status = 'scheduled'",
-                (str(status[i]), session_id),
+                (str(outcome.status[i]), session_id),
             )
-            submitted = start + timedelta(minutes=int(minutes), hours=float(delay_hours[i]))
-            if rated[i] and submitted <= until:
-                rating = int(stars_poor[i] if poor[i] else stars_good[i])
-                feedback.append((session_id, rating, submitted))
+            delay = timedelta(minutes=int(minutes), hours=float(outcome.delay_hours[i]))
+            if outcome.rated[i] and start + delay <= until:
+                feedback.append((session_id, int(outcome.stars[i]), start + delay))
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO platform.feedback (session_id, rating, submitted_at)"
                 " VALUES (%s, %s, %s) ON CONFLICT (session_id) DO NOTHING",
                 feedback,
             )
-    return {"sessions_ended": n, "ratings_arrived": len(feedback)}
+    return {"sessions_ended": len(rows), "ratings_arrived": len(feedback)}
 
 
 def ensure_champion(settings: Settings, now: datetime) -> dict[str, Any]:
@@ -275,7 +290,7 @@ def summary_lines(r: DemoResult, settings: Settings) -> list[str]:
     live = next((p for p in m["performance"] if p["model_version"] == m["champion_version"]), None)
     drift = m["reports"].get("data_drift")
     a = r.alerts
-    emails = a.get("totals", {}).get("sent", 0)
+    emails = a.get("emails_total", 0)  # one email per tutor may list several sessions
     lines = [
         f"fsp demo: the whole loop in {r.seconds:.0f} s",
         f"  platform    {r.platform['tutors']} tutors, {r.platform['sessions']} sessions"

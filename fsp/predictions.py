@@ -135,7 +135,7 @@ def upsert_predictions(conn: psycopg.Connection, rows: pd.DataFrame) -> int:
         stage_incoming(conn, rows)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in STORED_COLUMNS if c != "session_id")
         result = conn.execute(
-            f"INSERT INTO fsp.first_session_predictions AS p ({columns})"
+            f"INSERT INTO fsp.first_session_predictions AS p ({columns})"  # noqa: S608  (SQL text from our own constants; values bound as parameters)
             f" SELECT {columns} FROM incoming_predictions"
             f" ON CONFLICT (session_id) DO UPDATE SET {updates}, updated_at = now()"
             f" WHERE {changed_if}"

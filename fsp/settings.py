@@ -48,6 +48,18 @@ class Settings(BaseSettings):
     alert_send_lease_seconds: float = Field(
         default=300.0, ge=0, alias="FSP_ALERT_SEND_LEASE_SECONDS"
     )
+    # Open and click tracking of the alert emails. Off unless asked for: a tutor's
+    # reading is personal data, and the links only work where the Bento answers at
+    # FSP_PUBLIC_BASE_URL (the demo turns it on: its Bento runs on this machine).
+    track_opens: bool = Field(default=False, alias="FSP_TRACK_OPENS")
+    public_base_url: str = Field(default="http://127.0.0.1:3000", alias="FSP_PUBLIC_BASE_URL")
+    platform_url: str = Field(default="https://tutoring.example/", alias="FSP_PLATFORM_URL")
+    """The tutoring platform's web address: where an unknown tracking link leads."""
+    session_url_template: str = Field(
+        default="https://tutoring.example/sessions/{session_id}", alias="FSP_SESSION_URL"
+    )
+    """The platform's page of a session (`{session_id}` is replaced): the email's link."""
+
     monitor_auc_floor: float = Field(default=0.60, ge=0, le=1, alias="FSP_AUC_FLOOR")
     monitor_drift_share: float = Field(default=0.20, ge=0, le=1, alias="FSP_DRIFT_SHARE")
     monitor_auc_drop_tolerance: float = Field(

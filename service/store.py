@@ -29,7 +29,7 @@ WHERE s.is_first_session AND s.status = 'scheduled'
   AND (i.student_id IS NULL OR i.student_id = s.student_id)
 ON CONFLICT (session_id) DO NOTHING
 RETURNING session_id, prediction_id::text
-"""
+"""  # noqa: S608  (SQL text from our own constants; values bound as parameters)
 """What the API may write: a prediction of a session the platform
 holds as a scheduled first session of the same tutor, subject, start (and student, when
 the request names one); never over an existing prediction (the scoring flow's or an
@@ -84,7 +84,7 @@ def tutor_predictions(
 ) -> list[dict[str, Any]]:
     """The tutor's stored first-session predictions made in (now - days, now], newest first."""
     cur = conn.execute(
-        "SELECT prediction_id::text, session_id, student_id, scheduled_start, subject,"
+        "SELECT prediction_id::text, session_id, student_id, scheduled_start, subject,"  # noqa: S608  (SQL text from our own constants; values bound as parameters)
         " prediction_date, risk_probability, risk_score, risk_level, model_version,"
         " top_risk_factors, alert_sent, alert_sent_at, actual_rating, actual_poor_session,"
         " prediction_correct"
@@ -121,7 +121,7 @@ def prediction_summary(conn: psycopg.Connection, now: datetime, days: int) -> di
         " WHERE prediction_date > %(since)s AND prediction_date <= %(now)s GROUP BY 1",
         window,
     ).fetchall()
-    by_level = {level: 0 for level in LEVELS}
+    by_level = dict.fromkeys(LEVELS, 0)
     total = alerts = judged = correct = 0
     risk_sum = 0.0
     for level, n, n_alerts, n_judged, n_correct, p_sum in rows:

@@ -14,6 +14,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+# One OpenMP thread per process: test processes share two cores with each other and
+# with the servers they start, and OpenMP's spinning threads (gradient boosting) turn a
+# 4 s fit into more than a minute there. Set before numpy or scikit-learn loads it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Library loggers called outside a flow run log locally, as in the CLI.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo

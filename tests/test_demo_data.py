@@ -75,7 +75,7 @@ def test_same_seed_same_history():
 
 
 @pytest.mark.parametrize(
-    "kwargs, field",
+    ("kwargs", "field"),
     [
         ({"tutors": 0}, "--tutors"),
         ({"days": 2}, "--days"),

@@ -4,6 +4,8 @@ local MLflow store, outbox folder, Prefect's ephemeral API."""
 
 from __future__ import annotations
 
+import email
+import json
 import os
 import re
 import signal
@@ -37,7 +39,7 @@ def stop_embedded_postgres(pg_dir: Path) -> None:
         time.sleep(0.1)
 
 
-def run_demo(state: Path) -> subprocess.CompletedProcess:
+def run_demo(state: Path, *args: str) -> subprocess.CompletedProcess:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -50,7 +52,7 @@ def run_demo(state: Path) -> subprocess.CompletedProcess:
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",  # a busy CI machine
     )
     return subprocess.run(
-        [str(FSP), "demo"],
+        [str(FSP), *(args or ("demo",))],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -94,5 +96,26 @@ def test_fsp_demo_runs_the_whole_loop_on_embedded_defaults(tmp_path):
         assert again.returncode == 0, again.stderr[-4000:]
         assert "(already there)" in again.stdout and "(trained earlier)" in again.stdout
         assert len(list((state / "outbox").glob("*.eml"))) == sent
+        assert_previews_and_tracking(state)
     finally:
         stop_embedded_postgres(state / "pg")
+
+
+def assert_previews_and_tracking(state: Path) -> None:
+    """`fsp preview` writes the email a scored session would get; an unknown session is
+    one line naming it. The demo's emails carry the open pixel and tracked links."""
+    letter = email.message_from_bytes(next((state / "outbox").glob("*.eml")).read_bytes())
+    session_id = str(letter["X-FSP-Session-Id"]).split(",")[0].strip()
+    html = letter.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert re.search(r"/api/first-session/t/[\w-]{20,}\.gif", html)
+    assert re.search(r"/api/first-session/r/[\w-]{20,}", html)
+    shown = run_demo(state, "preview", session_id, "--json")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    written = Path(json.loads(shown.stdout)["path"]).read_text()
+    assert written.lstrip().lower().startswith(("<!doctype html", "<html"))
+    assert "/api/first-session/t/" not in written  # a preview never tracks
+    unknown = run_demo(state, "preview", "no-such-session")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip().splitlines() == [
+        "fsp preview: unknown session 'no-such-session': no stored prediction (score it first)"
+    ]

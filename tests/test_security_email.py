@@ -14,8 +14,8 @@ from email.policy import default as default_policy
 import pytest
 
 from alerting.delivery import DeliveryFailed, OutboxMailer, SmtpMailer, _wire_bytes
+from alerting.dispatch import render_batch, run_alerts
 from alerting.render import InvalidRecipient, compose, header_text, message_id_for
-from flows.alerts import render_batch, run_alerts
 from fsp.db import connect
 from fsp.settings import get_settings
 from tests.flow_fixtures import running_smtp_server

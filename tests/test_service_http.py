@@ -44,7 +44,7 @@ def service_db(server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def bento_built(trained_world: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def bento_built(trained_world: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """`fsp package` against the trained world's MLflow store, into a temp BentoML home."""
     from service.packaging import package_champion
 
@@ -62,7 +62,7 @@ def bento_built(trained_world: dict, tmp_path_factory: pytest.TempPathFactory) -
     finally:
         mp.undo()
         get_settings.cache_clear()
-    yield {"home": home, "first": first, "again": again, "world": trained_world}
+    return {"home": home, "first": first, "again": again, "world": trained_world}
 
 
 @pytest.fixture(scope="session")

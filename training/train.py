@@ -37,10 +37,13 @@ from training.model import (
 )
 from training.plots import save_evaluation_plots
 from training.registry import (
+    MODEL_CODE_PATHS,
     PIP_REQUIREMENTS,
     bands_tag,
     ensure_experiment,
     git_commit,
+    log_candidate_run,
+    log_datasets,
     skops_trusted_types,
 )
 
@@ -144,22 +147,17 @@ def explain_weights(best: FittedCandidate, ts: TrainingSet, split: Split) -> pd.
     return pd.DataFrame({"feature": list(ts.X.columns), "importance": result.importances_mean})
 
 
-def _log_candidate_child(f: FittedCandidate) -> None:
-    with mlflow.start_run(run_name=f.candidate.name, nested=True):
-        mlflow.log_params(
-            {
-                "candidate": f.candidate.name,
-                "calibration": f.candidate.calibration,
-                "feature_set": f.candidate.feature_set,
-            }
+def _log_candidate_child(f: FittedCandidate, y_hold: np.ndarray, fitted: list[FittedCandidate]):
+    """A child run per candidate; a blend names its members (their models are its params):
+    the single candidates fitted on its feature set."""
+    feature_set = f.candidate.feature_set
+    extra = {"calibration": f.candidate.calibration, "feature_set": feature_set}
+    if isinstance(f.model, LogOddsBlend):
+        members = [g for g in fitted if g.candidate.feature_set == feature_set]
+        extra["members"] = ",".join(
+            g.candidate.name for g in members if not isinstance(g.model, LogOddsBlend)
         )
-        mlflow.log_metrics(
-            {
-                "holdout_auc_roc": f.holdout_auc,
-                "cv_auc_mean": float(f.cv_auc.mean()),
-                "cv_auc_sd": float(f.cv_auc.std()),
-            }
-        )
+    log_candidate_run(f.candidate.name, f.model, y_hold, f.holdout_p, f.cv_auc, extra)
 
 
 def _log_artifacts(best: FittedCandidate, ts: TrainingSet, split: Split, threshold: float) -> None:
@@ -221,7 +219,8 @@ def log_and_register(
     mlflow.set_experiment(experiment_id=ensure_experiment(client, settings))
     with mlflow.start_run(run_name=f"train {ts.cutoff.isoformat()}") as run:
         for f in fitted:
-            _log_candidate_child(f)
+            _log_candidate_child(f, y_hold, fitted)
+        log_datasets(ts, split.train, split.holdout)
         mlflow.set_tags(
             {
                 "training_window_start": window[0],
@@ -271,6 +270,7 @@ def _log_model(best: FittedCandidate, ts: TrainingSet, settings: Settings):
         signature=infer_signature(example, proba),
         input_example=example,
         pip_requirements=list(PIP_REQUIREMENTS),
+        code_paths=list(MODEL_CODE_PATHS),
         pyfunc_predict_fn="predict_proba",
         serialization_format="skops",
         skops_trusted_types=skops_trusted_types(best.model),

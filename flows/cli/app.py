@@ -7,10 +7,14 @@ flows, Prefect, MLflow and pandas are imported inside the command that needs the
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -382,7 +386,41 @@ def demo(as_json: Json = False) -> None:
 
         run_demo(settings, as_json=as_json, step=progress)
 
+    os.environ.setdefault("FSP_TRACK_OPENS", "true")  # the demo shows open/click tracking
     run("demo", body, flow=True, mlflow=True, creates_store=True)
+
+
+@app.command()
+def preview(
+    session_id: Annotated[str, typer.Argument(help="the session whose alert email to show")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="where to write the HTML  [default: <state>/previews/<session>.html]"),
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Write the HTML of the alert email a scored session would get (nothing sent)."""
+
+    def body(settings: Settings) -> None:
+        from alerting.preview import preview_html  # kept off the fast path (Jinja2, pandas)
+        from fsp.db import connection
+
+        with connection(settings) as conn:
+            html = preview_html(conn, session_id, settings)
+        path = out or settings.state_dir / "previews" / f"{file_name(session_id)}.html"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(html, encoding="utf-8")
+        written = {"session_id": session_id, "path": str(path), "bytes": len(html.encode())}
+        show_result("email preview written", written, as_json)
+
+    run("preview", body)
+
+
+def file_name(text: str) -> str:
+    """A file name for any id: its safe characters, then a short digest (ids may hold
+    slashes, quotes or spaces, and two ids must never share a file)."""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', text)[:60]}-{digest}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

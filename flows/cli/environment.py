@@ -39,6 +39,8 @@ def ephemeral_prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # the packages' own loggers reach the flow run's log in the Prefect UI too
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", LIBRARY_LOGGERS)
+    # ... and outside a flow run (fsp preview, a test) they log locally, without a warning
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     if os.environ.get("PREFECT_API_URL"):
         return
     os.environ.setdefault("PREFECT_SERVER_UI_ENABLED", "false")
