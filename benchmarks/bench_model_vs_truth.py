@@ -85,7 +85,7 @@ def run_one(url: str, platform: str, seed: int, tutors: int, days: int) -> dict:
     from fsp.estimators import positive_proba
     from fsp.settings import get_settings
     from training.dataset import build_training_set
-    from training.train import blend_of, choose, fit_candidate, split_training_set
+    from training.train import blends_of, choose, fit_candidate, split_training_set
 
     frames = generate(DemoSpec(tutors=tutors, days=days, seed=seed, now=NOW, platform=platform))
     truth = dict(zip(frames["truth"]["session_id"], frames["truth"]["p_poor"], strict=True))
@@ -99,7 +99,7 @@ def run_one(url: str, platform: str, seed: int, tutors: int, days: int) -> dict:
     from training.model import CANDIDATES
 
     fitted = [fit_candidate(c, ts, split, settings) for c in CANDIDATES]
-    fitted.append(blend_of(fitted, ts, split))
+    fitted.extend(blends_of(fitted, ts, split))
     best = choose(fitted, settings)
     after = (later.starts >= cutoff).to_numpy()
     X, y = later.X[after], later.y[after]
@@ -110,6 +110,7 @@ def run_one(url: str, platform: str, seed: int, tutors: int, days: int) -> dict:
         "seed": seed,
         "n": int(after.sum()),
         "chosen": best.candidate.name,
+        "feature_set": best.candidate.feature_set,
         "holdout": {f.candidate.name: round(f.holdout_auc, 4) for f in fitted},
         "champion": _figures(y, positive_proba(best.model, X)),
         "ceiling": _figures(y, p_true),
@@ -152,7 +153,10 @@ def main() -> None:
             finally:
                 _drop_database(server, name)
             _print_row(rows[-1])
-            print(f"  (holdout AUCs {rows[-1]['holdout']}, {time.perf_counter() - started:.0f} s)")
+            print(
+                f"  (feature set {rows[-1]['feature_set']}; holdout AUCs {rows[-1]['holdout']},"
+                f" {time.perf_counter() - started:.0f} s)"
+            )
     gaps = [r["ceiling"]["auc"] - r["champion"]["auc"] for r in rows]
     below = [r for r in rows if r["champion"]["auc"] < r["baseline"]["auc"] - 1e-12]
     print(f"largest gap to the ceiling: {max(gaps):.4f} (goal <= 0.03)")

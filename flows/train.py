@@ -52,9 +52,10 @@ def split(settings: Settings, ts: TrainingSet) -> steps.Split:
 
 @task(cache_policy=NO_CACHE)
 def fit_all(settings: Settings, ts: TrainingSet, part: steps.Split) -> list[steps.FittedCandidate]:
-    """Fit and score every candidate on the same split, then their log-odds blend."""
+    """Fit and score every candidate on the same split, then a log-odds blend per
+    feature set."""
     fitted = [steps.fit_candidate(c, ts, part, settings) for c in CANDIDATES]
-    return [*fitted, steps.blend_of(fitted, ts, part)]
+    return [*fitted, *steps.blends_of(fitted, ts, part)]
 
 
 @task(cache_policy=NO_CACHE)
@@ -105,6 +106,7 @@ def summarize(
     return {
         "cutoff": ts.cutoff.isoformat(),
         "model": best.candidate.name,
+        "feature_set": best.candidate.feature_set,
         "version": registered.version.version,
         "candidates": {f.candidate.name: round(f.holdout_auc, 4) for f in fitted},
         "n_train": int(part.train.sum()),

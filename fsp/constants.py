@@ -49,3 +49,20 @@ LATEST_START: Final = datetime(2262, 1, 1, tzinfo=UTC)
 """The sane range of a stored scheduled_start: inside pandas' (1677-2262) and Python's
 (year < 10000) datetimes. A row outside it (written by an older version) is skipped
 with a counted reason by every flow and read endpoint instead of breaking them."""
+
+
+AGE_BAND_EDGES: Final[tuple[int, ...]] = (11, 14, 18, 25)
+"""Fixed student age bands for the tutor's history "with students of this age band":
+under 11 (primary school), 11-13 (middle school), 14-17 (high school), 18-24 (college
+age), 25 and over (adults). A general schooling convention, not learned from data and
+not any one platform's vocabulary; a band holds ages >= its lower edge."""
+
+RECENT_HALF_LIFE_SESSIONS: Final = 10.0
+"""Half-life, in the tutor's own rated first sessions, of the recency-weighted poor
+first-session rate: the latest counts 1, the tenth latest 1/2, the twentieth 1/4. In
+sessions, not days: a busy tutor's last month says as much as a quiet tutor's last
+half year, and the feature then changes only when a rating arrives."""
+
+ENGAGEMENT_TREND_DAYS: Final = 28
+"""The engagement trend compares the mean score published in the last this many days
+with the mean of the same span just before it (a few weekly scores each)."""

@@ -33,6 +33,22 @@ PLAIN_COLUMNS = (
     "no_show_rate",
     "student_age",
 )
+EXTENDED_LOG_COLUMNS = ("n_first_sessions_in_subject", "n_first_sessions_in_age_band")
+EXTENDED_PLAIN_COLUMNS = (
+    "recent_poor_rate",
+    "engagement_trend",
+    "poor_rate_in_subject",
+    "poor_rate_in_age_band",
+)
+FEATURE_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "base": (LOG_COLUMNS, PLAIN_COLUMNS),
+    "extended": (LOG_COLUMNS + EXTENDED_LOG_COLUMNS, PLAIN_COLUMNS + EXTENDED_PLAIN_COLUMNS),
+}
+"""(log columns, plain columns) each feature set encodes. Every model input column is
+computed for every session; a model encodes only its set's, so the extended history
+(recency, trend, subject and age-band matches) is used only by a candidate trained on
+it, and such a candidate becomes champion only where the holdout proves it pays."""
+BASE_FEATURE_SET: Final = "base"
 CYCLES = (("local_hour", 24.0), ("local_dow", 7.0))
 MIN_CATEGORY_COUNT: Final = 20
 """Training rows a subject needs before it gets its own column; rarer ones share 'other'."""
@@ -67,9 +83,12 @@ def learn_bin_edges(numeric: np.ndarray) -> tuple[tuple[float, ...], ...]:
     )
 
 
-def numeric_names(bin_edges: Sequence[Sequence[float]] = ()) -> list[str]:
+def numeric_names(
+    bin_edges: Sequence[Sequence[float]] = (), feature_set: str = BASE_FEATURE_SET
+) -> list[str]:
     """Names of the encoded columns before the subject's, in order."""
-    names = [f"log_{c}" for c in LOG_COLUMNS] + list(PLAIN_COLUMNS)
+    log_columns, plain_columns = FEATURE_SETS[feature_set]
+    names = [f"log_{c}" for c in log_columns] + list(plain_columns)
     for column, _ in CYCLES:
         names += [f"{column}_sin", f"{column}_cos"]
     for column, edges in zip(BINNED_COLUMNS, bin_edges, strict=False):
@@ -81,11 +100,13 @@ def encoded_names(
     subjects: Sequence[str],
     subject_as_code: bool = False,
     bin_edges: Sequence[Sequence[float]] = (),
+    feature_set: str = BASE_FEATURE_SET,
 ) -> list[str]:
     """Names of the encoded columns, in order, for a learned vocabulary and bins."""
+    numeric = numeric_names(bin_edges, feature_set)
     if subject_as_code:
-        return [*numeric_names(bin_edges), "subject"]
-    return numeric_names(bin_edges) + [f"subject_{s}" for s in (*subjects, OTHER_LEVEL)]
+        return [*numeric, "subject"]
+    return numeric + [f"subject_{s}" for s in (*subjects, OTHER_LEVEL)]
 
 
 def subject_codes(subjects: np.ndarray, code_of: dict[str, int]) -> np.ndarray:
@@ -114,14 +135,16 @@ def encode_numeric(
     code_of: dict[str, int],
     bin_edges: Sequence[Sequence[float]],
     subject_as_code: bool = False,
+    feature_set: str = BASE_FEATURE_SET,
 ) -> np.ndarray:
-    """THE encoding (unscaled), on arrays: log counts, plain values, sin/cos of cycles,
-    quantile-bin indicators, and the subject as one-hot columns or (for trees with
-    native categorical splits) one code. The logged model and the serving fast path
-    both call this function."""
+    """THE encoding (unscaled), on arrays: log counts, plain values (of the feature
+    set's columns), sin/cos of cycles, quantile-bin indicators, and the subject as
+    one-hot columns or (for trees with native categorical splits) one code. The logged
+    model and the serving fast path both call this function."""
     X = numeric
-    parts = [np.log1p(np.clip(X[:, [_INDEX[c] for c in LOG_COLUMNS]], 0, None))]
-    parts.append(X[:, [_INDEX[c] for c in PLAIN_COLUMNS]])
+    log_columns, plain_columns = FEATURE_SETS[feature_set]
+    parts = [np.log1p(np.clip(X[:, [_INDEX[c] for c in log_columns]], 0, None))]
+    parts.append(X[:, [_INDEX[c] for c in plain_columns]])
     for column, period in CYCLES:
         angle = 2.0 * np.pi * X[:, _INDEX[column]] / period
         parts.append(np.column_stack([np.sin(angle), np.cos(angle)]))
@@ -165,6 +188,7 @@ class FittedEncoding:
     mean: np.ndarray
     scale: np.ndarray
     subject_as_code: bool = False
+    feature_set: str = BASE_FEATURE_SET
 
     @cached_property
     def code_of(self) -> dict[str, int]:
@@ -173,7 +197,9 @@ class FittedEncoding:
 
     def transform(self, numeric: np.ndarray, subjects: np.ndarray) -> np.ndarray:
         """The standardised encoded matrix (what the classifier sees)."""
-        raw = encode_numeric(numeric, subjects, self.code_of, self.bin_edges, self.subject_as_code)
+        raw = encode_numeric(
+            numeric, subjects, self.code_of, self.bin_edges, self.subject_as_code, self.feature_set
+        )
         return (raw - self.mean) / self.scale
 
     def notes(self, subjects: Sequence[str]) -> list[list[str]]:
@@ -187,17 +213,23 @@ class RiskFeatureEncoder(TransformerMixin, BaseEstimator):
     The subject vocabulary (`subjects_`) is learned in `fit`; see the module docstring.
     With `subject_as_code` the subject is one unscaled integer column (its index in
     the vocabulary), for a classifier that splits categories natively; trees follow
-    bends by themselves, so they take `with_bins=False`."""
+    bends by themselves, so they take `with_bins=False`. `feature_set` names the
+    columns encoded (FEATURE_SETS)."""
+
+    feature_set: str = BASE_FEATURE_SET
+    """Class-level default: an encoder saved before feature sets existed loads as 'base'."""
 
     def __init__(
         self,
         min_category_count: int = MIN_CATEGORY_COUNT,
         subject_as_code: bool = False,
         with_bins: bool = True,
+        feature_set: str = BASE_FEATURE_SET,
     ) -> None:
         self.min_category_count = min_category_count
         self.subject_as_code = subject_as_code
         self.with_bins = with_bins
+        self.feature_set = feature_set
 
     def fit(self, X: pd.DataFrame, y=None):
         numeric, subjects = input_arrays(X)
@@ -215,7 +247,9 @@ class RiskFeatureEncoder(TransformerMixin, BaseEstimator):
     def _raw(self, X: pd.DataFrame) -> np.ndarray:
         numeric, subjects = input_arrays(X)
         code_of = {s: i for i, s in enumerate(self.subjects_)}
-        return encode_numeric(numeric, subjects, code_of, self.bin_edges_, self.subject_as_code)
+        return encode_numeric(
+            numeric, subjects, code_of, self.bin_edges_, self.subject_as_code, self.feature_set
+        )
 
     def fitted(self) -> FittedEncoding:
         """The fitted encoding, apart from sklearn (the serving fast path's encoder)."""
@@ -225,6 +259,7 @@ class RiskFeatureEncoder(TransformerMixin, BaseEstimator):
             mean=np.asarray(self.mean_, dtype=float),
             scale=np.asarray(self.scale_, dtype=float),
             subject_as_code=self.subject_as_code,
+            feature_set=self.feature_set,
         )
 
     def transform(self, X: pd.DataFrame) -> np.ndarray:
@@ -235,5 +270,7 @@ class RiskFeatureEncoder(TransformerMixin, BaseEstimator):
         return subject in self.subjects_
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
-        names = encoded_names(self.subjects_, self.subject_as_code, self.bin_edges_)
+        names = encoded_names(
+            self.subjects_, self.subject_as_code, self.bin_edges_, self.feature_set
+        )
         return np.array(names, dtype=object)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from fsp.constants import RISK_BANDS, risk_level, risk_score
-from fsp.encoding import NUMERIC_INPUTS, FittedEncoding
+from fsp.encoding import BASE_FEATURE_SET, NUMERIC_INPUTS, FittedEncoding
 from fsp.features import FACTOR_LABELS, MODEL_INPUT_COLUMNS, TUTOR_HISTORY_COLUMNS
 
 if TYPE_CHECKING:
@@ -112,6 +112,7 @@ class LinearParams:
             "platt_b": self.platt_b,
             "groups": self.groups.tolist(),
             "top_factors": self.top_factors,
+            "feature_set": self.encoding.feature_set,
         }
 
     @classmethod
@@ -124,6 +125,7 @@ class LinearParams:
             bin_edges=tuple(tuple(float(e) for e in edges) for edges in data["bin_edges"]),
             mean=np.asarray(data["mean"], dtype=float),
             scale=np.asarray(data["scale"], dtype=float),
+            feature_set=str(data.get("feature_set", BASE_FEATURE_SET)),
         )
         return cls(
             encoding=encoding,

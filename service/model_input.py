@@ -1,6 +1,7 @@
 """Model input from requests: the tutor's history from the feature snapshot, the local
 hour, weekday and age from the session and the student (given, or from the student's
-record), in the layout `service.fastpath.ModelRows` holds."""
+record), and the tutor's history matched to the session's subject and age band, in the
+layout `service.fastpath.ModelRows` holds."""
 
 from __future__ import annotations
 
@@ -88,7 +89,8 @@ class ModelInputBuilder:
         context = local_contexts(starts, zones, ages, births)  # type: ignore[arg-type]
         subjects = np.array([r["subject"] for r in rows], dtype=object)
         history = snapshot.tutor_features[tutor_rows]
-        return ModelRows(numeric=np.hstack([history, context]), subjects=subjects)
+        matched = snapshot.matched_rows(tutor_rows, subjects, context[:, 2])
+        return ModelRows(numeric=np.hstack([history, context, matched]), subjects=subjects)
 
     def _fill_from_records(
         self, rows: Sequence[dict[str, Any]], ages: list, zones: list

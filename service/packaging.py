@@ -71,7 +71,14 @@ def probe_rows(example: pd.DataFrame, n: int = PROBE_ROWS, seed: int = 0) -> pd.
     is checked on before a Bento is built."""
     rng = np.random.default_rng(seed)
     base = example.sample(n=n, replace=True, random_state=seed).reset_index(drop=True)
-    counts = ("tutor_tenure_days", "n_ratings", "n_rated_first_sessions", "session_count")
+    counts = (
+        "tutor_tenure_days",
+        "n_ratings",
+        "n_rated_first_sessions",
+        "session_count",
+        "n_first_sessions_in_subject",
+        "n_first_sessions_in_age_band",
+    )
     for column in counts:
         base[column] = rng.choice([0.0, 1.0, 3.0, 40.0, 900.0], size=n) * rng.random(n)
     base["local_hour"] = rng.integers(0, 96, size=n) / 4.0

@@ -1,6 +1,7 @@
 """Reasons that tell what a student's record holds, kept out of API answers.
 
-The age and the local time (which tells the time zone) are reasons like any other.
+The age (and the tutor's history with the age's band, which hints at it) and the local
+time (which tells the time zone) are reasons like any other.
 When the student's record supplied them (the caller gave a student_id, not an age and
 zone), the served answer leaves these reasons out: an API caller learns the risk,
 never a student's personal data. Stored predictions keep every reason."""
@@ -10,7 +11,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-PERSONAL_FEATURES = ("student_age", "local_hour", "local_dow")
+PERSONAL_FEATURES = (
+    "student_age",
+    "local_hour",
+    "local_dow",
+    "n_first_sessions_in_age_band",
+    "poor_rate_in_age_band",
+)
 """The reasons an answer scored from a student's record leaves out."""
 
 _PERSONAL_FACTOR = (

@@ -15,17 +15,18 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import NamedTuple
 
 import numpy as np
 import psycopg
 
 from fsp.errors import UnknownTutor
-from fsp.features import TUTOR_HISTORY_COLUMNS, load_history
+from fsp.features import TUTOR_HISTORY_COLUMNS, TutorHistory, load_history
 
 STUDENTS_SQL = "SELECT student_id, birth_date, timezone FROM platform.students"
 ONE_STUDENT_SQL = STUDENTS_SQL + " WHERE student_id = %s"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Student(NamedTuple):
@@ -48,7 +49,7 @@ class FeatureSnapshot:
     tutor_index: dict[str, int]
     tutor_features: np.ndarray  # (tutors, TUTOR_HISTORY_COLUMNS)
     students: dict[str, Student]
-    history: object  # fsp.features.TutorHistory, for predict-upcoming
+    history: TutorHistory  # for predict-upcoming and the session-matched history
     build_seconds: float
 
     def rows_of(self, tutor_ids: Sequence[str]) -> np.ndarray:
@@ -61,6 +62,18 @@ class FeatureSnapshot:
             return np.array([self.tutor_index[t] for t in tutor_ids], dtype=np.intp)
         except KeyError as exc:
             raise UnknownTutor(f"unknown tutor_id {exc.args[0]!r}") from None
+
+    def matched_rows(self, positions: np.ndarray, subjects: np.ndarray, ages) -> np.ndarray:
+        """The tutor's history matched to each session (its subject, its student's age
+        band) as of the snapshot's moment, for the tutors at `positions`: the shared
+        feature code's own arithmetic (`TutorHistory.matched_at`), which
+        `build_model_input` calls too. These depend on the session, so unlike the
+        tutor's own history they cannot be kept per tutor. A tutor's position is its
+        history code: `build_snapshot` lays the rows out in the history's tutor order."""
+        codes = np.asarray(positions, dtype=np.int64)
+        moment = (self.known_until - _EPOCH) // timedelta(seconds=1)
+        seconds = np.full(len(codes), moment, dtype=np.int64)
+        return self.history.matched_at(codes, [str(s) for s in subjects], ages, seconds)
 
 
 def read_students(conn: psycopg.Connection) -> dict[str, Student]:

@@ -49,6 +49,25 @@ def test_threshold_falls_back_to_the_best_f1_when_the_target_is_out_of_reach() -
             "logistic_regression_binned",
         ),
         ({"gradient_boosting": 0.7, "log_odds_blend": 0.75}, "log_odds_blend"),
+        # the extended features must beat every base candidate by more than the tolerance
+        (
+            {
+                "logistic_regression": 0.796,
+                "gradient_boosting": 0.797,
+                "logistic_regression_extended": 0.8,
+                "gradient_boosting_extended": 0.801,
+            },
+            "logistic_regression",
+        ),
+        (
+            {
+                "logistic_regression": 0.79,
+                "log_odds_blend": 0.795,
+                "logistic_regression_extended": 0.801,
+                "log_odds_blend_extended": 0.803,
+            },
+            "logistic_regression_extended",
+        ),
     ],
 )
 def test_the_best_holdout_auc_wins_and_ties_go_to_the_simpler(aucs, winner) -> None:

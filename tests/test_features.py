@@ -12,8 +12,11 @@ import pytest
 import pytz
 
 from fsp.calendar import known_zone, local_calendar, zone, zone_names
+from fsp.constants import RECENT_HALF_LIFE_SESSIONS
 from fsp.errors import InvalidInput, UnknownTutor
 from fsp.features import (
+    K_FIRST_SUCCESS,
+    K_MATCHED,
     PRIOR_FIRST_SUCCESS,
     TutorHistory,
     build_model_input,
@@ -25,15 +28,20 @@ from training.dataset import build_training_set
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
 
+FEEDBACK = ["tutor_id", "is_first_session", "rating", "submitted_at"]
+MATCHED = ["subject", "student_age"]
+
+
 def _history(sessions=(), feedback=(), engagement=(), known_until=None) -> TutorHistory:
+    """Feedback rows of 4 fields, or 6 with the rated session's subject and student age."""
     tutors = pd.DataFrame({"tutor_id": ["A", "B"], "onboarded_at": [T0, T0]})
     s = pd.DataFrame(
         list(sessions),
         columns=["tutor_id", "scheduled_start", "duration_minutes", "status", "is_first_session"],
     )
-    f = pd.DataFrame(
-        list(feedback), columns=["tutor_id", "is_first_session", "rating", "submitted_at"]
-    )
+    feedback = list(feedback)
+    wide = bool(feedback) and len(feedback[0]) == len(FEEDBACK) + len(MATCHED)
+    f = pd.DataFrame(feedback, columns=FEEDBACK + MATCHED if wide else FEEDBACK)
     e = pd.DataFrame(list(engagement), columns=["tutor_id", "as_of", "score"])
     return TutorHistory.from_frames(tutors, s, f, e, known_until)
 
@@ -80,6 +88,86 @@ def test_recent_engagement_mean_averages_the_window_and_never_a_later_score():
     assert got == pytest.approx([0.5, 0.3, 0.6, 0.9])  # 0.9: window empty, score in force
     same = later.features(["A"] * 3, moments[:3])["engagement_recent_mean"].tolist()
     assert same == pytest.approx(got[:3])
+
+
+def test_recent_poor_rate_weighs_the_latest_first_sessions_most():
+    """Same record, other order: the tutor whose poor first sessions are the latest has
+    the higher recent rate; the exact value follows the half-life; a rating submitted
+    after the moment never counts."""
+    moment = T0 + timedelta(days=100)
+    at = [T0 + timedelta(days=1 + i) for i in range(20)]
+    improving = [("A", True, 1 if i < 10 else 5, t) for i, t in enumerate(at)]
+    slipping = [("B", True, 5 if i < 10 else 1, t) for i, t in enumerate(at)]
+    late = [("A", True, 1, moment), ("B", True, 5, moment + timedelta(days=1))]
+    for extra in ([], late):
+        got = _history(feedback=improving + slipping + extra).features(["A", "B"], [moment] * 2)
+        rate, success = got["recent_poor_rate"].tolist(), got["first_session_success_rate"]
+        assert success[0] == success[1]  # same record overall
+        assert rate[0] < 1 - success[0] < rate[1]
+    one_poor_then_good = _history(feedback=[("A", True, 1, at[0]), ("A", True, 5, at[1])])
+    d = 0.5 ** (1 / RECENT_HALF_LIFE_SESSIONS)
+    expected = (d + K_FIRST_SUCCESS * (1 - PRIOR_FIRST_SUCCESS)) / (1 + d + K_FIRST_SUCCESS)
+    got = one_poor_then_good.features(["A"], [moment])["recent_poor_rate"][0]
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_engagement_trend_is_recent_minus_older_mean_and_never_sees_a_later_score():
+    moment = T0 + timedelta(days=100)
+    scores = [
+        ("A", moment - timedelta(days=40), 0.2),
+        ("A", moment - timedelta(days=35), 0.4),
+        ("A", moment - timedelta(days=10), 0.8),
+        ("B", moment - timedelta(days=10), 0.8),  # no older span: no trend known
+    ]
+    later = [("A", moment + timedelta(seconds=1), 0.0), ("B", moment + timedelta(days=3), 0.0)]
+    for extra in ([], later):
+        trend = _history(engagement=scores + extra).features(["A", "B"], [moment] * 2)
+        assert trend["engagement_trend"].tolist() == pytest.approx([0.5, 0.0])
+
+
+def _rated(tutor, rating, when, subject="Chess", age=12):
+    return (tutor, True, rating, when, subject, age)
+
+
+def test_subject_and_age_band_history_count_only_matching_first_sessions():
+    """A's record: two poor Chess first sessions with 12- and 13-year-olds (one band),
+    one good Algebra one with a 16-year-old; B's poor Chess ones are B's alone; a
+    returning session's rating and a rating after the moment never count."""
+    moment = T0 + timedelta(days=50)
+    day = [T0 + timedelta(days=i) for i in range(1, 6)]
+    feedback = [
+        _rated("A", 1, day[0], "Chess", 12),
+        _rated("A", 2, day[1], "Chess", 13),
+        _rated("A", 5, day[2], "Algebra", 16),
+        ("A", False, 1, day[3], "Chess", 12),
+        _rated("B", 1, day[4], "Chess", 12),
+    ]
+    late = [_rated("A", 1, moment, "Algebra", 16), _rated("A", 1, moment, "Chess", 12)]
+    queries = (["A"] * 4, ["Chess", "Algebra", "Robotics", "Chess"], [11.0, 17.0, 30.0, 16.0])
+    for extra in ([], late):
+        history = _history(feedback=feedback + extra)
+        got = history.matched_features(*queries, [moment] * 4)
+        overall = 1 - history.features(["A"], [moment])["first_session_success_rate"][0]
+        assert got["n_first_sessions_in_subject"].tolist() == [2, 1, 0, 2]
+        assert got["n_first_sessions_in_age_band"].tolist() == [2, 1, 0, 1]
+        assert got.loc[2, "poor_rate_in_subject"] == pytest.approx(overall)  # no evidence
+        chess = (2 + K_MATCHED * overall) / (2 + K_MATCHED)
+        assert got.loc[0, "poor_rate_in_subject"] == pytest.approx(chess)
+        assert got.loc[1, "poor_rate_in_age_band"] < overall < got.loc[0, "poor_rate_in_age_band"]
+
+
+def test_more_poor_first_sessions_in_the_subject_never_lower_its_rate():
+    """Monotone in the evidence: turning any good first session in the subject into a
+    poor one raises the subject's rate (and the tutor's overall rate it is shrunk to)."""
+    moment = T0 + timedelta(days=60)
+    rates = []
+    for k in range(11):
+        record = [_rated("A", 1 if i < k else 5, T0 + timedelta(days=i)) for i in range(10)]
+        record.append(_rated("A", 5, T0 + timedelta(days=20), "Algebra"))
+        history = _history(feedback=record)
+        got = history.matched_features(["A"], ["Chess"], [12.0], [moment])
+        rates.append(got["poor_rate_in_subject"][0])
+    assert np.all(np.diff(rates) > 0), rates
 
 
 def test_a_tutor_with_one_session_is_not_judged_like_one_with_three_hundred():

@@ -1,6 +1,8 @@
 """No peeking, as a property: on random histories, changing, adding or removing any row
 dated after the as-of moment (a session that ends after it, a rating submitted after
-it, an engagement score published after it) never changes a feature of any tutor.
+it, an engagement score published after it) never changes a feature of any tutor: its
+own history (recency-weighted rate and engagement trend included) nor its history
+matched to a session's subject and age band.
 
 Times are drawn to the microsecond, often within a second or two of the moment, so
 the rounding rules of `fsp.features` (events up, moments down) are exercised at
@@ -17,7 +19,7 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fsp.features import TUTOR_HISTORY_COLUMNS, TutorHistory
+from fsp.features import MATCHED_HISTORY_COLUMNS, TUTOR_HISTORY_COLUMNS, TutorHistory
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 MICROSECOND = 1
@@ -25,7 +27,19 @@ SECOND = 1_000_000 * MICROSECOND
 DAY = 86_400 * SECOND
 STATUSES = ("completed", "rescheduled", "no_show", "cancelled", "scheduled")
 SESSION_COLUMNS = ["tutor_id", "scheduled_start", "duration_minutes", "status", "is_first_session"]
-FEEDBACK_COLUMNS = ["tutor_id", "is_first_session", "rating", "submitted_at"]
+FEEDBACK_COLUMNS = [
+    "tutor_id",
+    "is_first_session",
+    "rating",
+    "submitted_at",
+    "subject",
+    "student_age",
+]
+SUBJECTS = ("S1", "S2")
+subjects = st.sampled_from(SUBJECTS)
+ages = st.integers(5, 40)
+QUERIES = [(subject, age) for subject in (*SUBJECTS, "S3") for age in (8.0, 12.0, 20.0)]
+"""(subject, student age) of the sessions whose matched history is checked per tutor."""
 ENGAGEMENT_COLUMNS = ["tutor_id", "as_of", "score"]
 
 
@@ -70,7 +84,14 @@ def any_rows(draw, tutors: list[str], moment: int):
     )
     feedback = draw(
         st.lists(
-            st.tuples(tutor, st.booleans(), ratings, offsets.map(lambda d: _at(moment + d))),
+            st.tuples(
+                tutor,
+                st.booleans(),
+                ratings,
+                offsets.map(lambda d: _at(moment + d)),
+                subjects,
+                ages,
+            ),
             max_size=12,
         )
     )
@@ -105,7 +126,14 @@ def late_rows(draw, tutors: list[str], moment: int):
     sessions = draw(st.lists(session(), max_size=6))
     feedback = draw(
         st.lists(
-            st.tuples(tutor, st.booleans(), ratings, late_by.map(lambda d: _at(moment + d))),
+            st.tuples(
+                tutor,
+                st.booleans(),
+                ratings,
+                late_by.map(lambda d: _at(moment + d)),
+                subjects,
+                ages,
+            ),
             max_size=6,
         )
     )
@@ -147,7 +175,12 @@ def _features(case: dict, late) -> pd.DataFrame:
         pd.DataFrame(engagement, columns=ENGAGEMENT_COLUMNS),
         case["known_until"],
     )
-    return history.features(case["tutors"], [case["moment"]] * len(case["tutors"]))
+    tutors = case["tutors"]
+    own = history.features(tutors, [case["moment"]] * len(tutors))
+    pairs = [(t, subject, age) for t in tutors for subject, age in QUERIES]
+    tutor_ids, subject_of, age_of = (list(column) for column in zip(*pairs, strict=True))
+    matched = history.matched_features(tutor_ids, subject_of, age_of, [case["moment"]] * len(pairs))
+    return own, matched
 
 
 @settings(
@@ -158,13 +191,13 @@ def _features(case: dict, late) -> pd.DataFrame:
 )
 @given(scenarios())
 def test_rows_dated_after_the_moment_never_change_a_feature(case):
-    without = _features(case, ([], [], []))
-    with_a = _features(case, case["late_a"])
-    with_b = _features(case, case["late_b"])
+    without, matched = _features(case, ([], [], []))
     assert list(without.columns) == list(TUTOR_HISTORY_COLUMNS)
-    for changed in (with_a, with_b):
+    assert list(matched.columns) == list(MATCHED_HISTORY_COLUMNS)
+    for late in (case["late_a"], case["late_b"]):
         # Exact up to float summation order: another tutor's late rows shift where this
         # tutor's running sums start, which can move the last bit of a sum of scores.
-        np.testing.assert_allclose(
-            changed.to_numpy(), without.to_numpy(), rtol=1e-12, atol=1e-12, err_msg=str(case)
-        )
+        for changed, before in zip(_features(case, late), (without, matched), strict=True):
+            np.testing.assert_allclose(
+                changed.to_numpy(), before.to_numpy(), rtol=1e-12, atol=1e-12, err_msg=str(case)
+            )

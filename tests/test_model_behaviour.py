@@ -37,8 +37,14 @@ def champion(trained_world):
     return model
 
 
-def _tutor_with(first_ratings: list[int], no_shows: int = 0, completed: int = 40) -> pd.DataFrame:
-    """Model input for one upcoming session of a tutor with exactly this history."""
+def _tutor_with(
+    first_ratings: list[int],
+    no_shows: int = 0,
+    completed: int = 40,
+    subjects: list[str] | None = None,
+) -> pd.DataFrame:
+    """Model input for one upcoming session of a tutor with exactly this history (first
+    sessions in `subjects`, default the session's, all with students of its age)."""
     t = [
         ONBOARDED + timedelta(days=1, hours=i)
         for i in range(len(first_ratings) + completed + no_shows)
@@ -59,6 +65,8 @@ def _tutor_with(first_ratings: list[int], no_shows: int = 0, completed: int = 40
             "is_first_session": True,
             "rating": first_ratings,
             "submitted_at": t[: len(first_ratings)],
+            "subject": subjects or [SESSION["subject"]] * len(first_ratings),
+            "student_age": SESSION["student_age"],
         }
     )
     feedback = feedback.astype({"rating": float})
@@ -73,6 +81,18 @@ def _tutor_with(first_ratings: list[int], no_shows: int = 0, completed: int = 40
 
 def test_more_failed_first_sessions_never_lower_the_risk(champion):
     risks = [champion.probabilities(_tutor_with([1] * k + [5] * (20 - k)))[0] for k in range(21)]
+    assert np.all(np.diff(risks) >= -1e-12), risks
+    assert risks[-1] > risks[0]
+
+
+def test_more_poor_first_sessions_in_this_subject_never_lower_the_risk(champion):
+    """Ten first sessions in this subject and ten good ones in another: the more of the
+    first ten went badly, the higher the risk, whichever feature set the champion reads."""
+    subjects = [SESSION["subject"]] * 10 + ["another subject"] * 10
+    risks = [
+        champion.probabilities(_tutor_with([1] * k + [5] * (20 - k), subjects=subjects))[0]
+        for k in range(11)
+    ]
     assert np.all(np.diff(risks) >= -1e-12), risks
     assert risks[-1] > risks[0]
 

@@ -35,7 +35,7 @@ def test_a_nonlinear_champion_packages_and_serves_through_sklearn(
     split = steps.split_training_set(ts, settings)
     members = [steps.fit_candidate(c, ts, split, settings) for c in CANDIDATES]
     fitted = next((f for f in members if f.candidate.name == family), None)
-    fitted = fitted or steps.blend_of(members, ts, split)
+    fitted = fitted or steps.blends_of(members, ts, split)[0]
     version, *_ = steps.log_and_register(client, settings, ts, split, [fitted], fitted)
     promote(client, settings.model_name, version.version, reason="test: boosting champion")
 

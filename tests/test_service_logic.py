@@ -16,7 +16,13 @@ from pydantic import ValidationError
 
 from fsp.demo_data import TIMEZONES
 from fsp.errors import DatabaseUnavailable, InvalidInput, NoChampion
-from fsp.features import age_on, build_model_input, load_history, local_time_features
+from fsp.features import (
+    MODEL_INPUT_COLUMNS,
+    age_on,
+    build_model_input,
+    load_history,
+    local_time_features,
+)
 from fsp.settings import get_settings
 from service.config import MAX_BATCH_SIZE
 from service.fastpath import FastLinearScorer, LinearParams, ModelRows, scored
@@ -26,6 +32,7 @@ from service.model_input import local_contexts
 from service.schemas import RankRequest, SessionRequest
 from service.served_model import ServedModel
 from service.worker import Worker, assemble
+from training.dataset import build_training_set
 
 pytestmark = pytest.mark.services
 
@@ -65,6 +72,26 @@ def test_fast_path_equals_the_logged_model_on_every_holdout_row(champion) -> Non
     assert np.max(np.abs(p - model.probabilities(X))) <= 1e-9
     assert np.max(np.abs(contributions - model.contributions(X))) <= 1e-9
     assert np.max(np.abs(p - model.model.predict_proba(X)[:, 1])) <= 1e-9
+
+
+def test_fast_path_equals_an_extended_linear_model(trained_world, champion) -> None:
+    """A linear model on the extended features (whether or not it is the champion):
+    the fast path encodes the model's own feature set, to the same 1e-9."""
+    from fsp.scoring import ScoringModel
+    from training.model import CANDIDATES, calibrated
+
+    _, X = champion
+    with psycopg.connect(trained_world["database_url"]) as conn:
+        ts = build_training_set(conn, DEMO_NOW)
+    candidate = next(c for c in CANDIDATES if c.name == "logistic_regression_binned_extended")
+    model = ScoringModel(calibrated(candidate, 0).fit(ts.X, ts.y), "x", 0.5)
+    params = LinearParams.from_json(LinearParams.from_scoring_model(model).to_json())
+    assert params.encoding.feature_set == "extended"
+    p, contributions = FastLinearScorer(params).score(ModelRows.from_frame(X))
+    assert np.max(np.abs(p - model.probabilities(X))) <= 1e-9
+    assert np.max(np.abs(contributions - model.contributions(X))) <= 1e-9
+    used = np.abs(contributions).sum(axis=0)
+    assert used[MODEL_INPUT_COLUMNS.index("poor_rate_in_subject")] > 0
 
 
 def test_fast_path_reasons_equal_the_shared_scoring(champion) -> None:

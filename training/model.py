@@ -3,7 +3,9 @@
 Each candidate must earn its place on the time-ordered holdout: the best AUC wins,
 and within the tie tolerance the simpler one (the reference logistic regression,
 then the same with learned bins, then gradient boosting with native categorical
-splits), so added complexity is kept only where the holdout proves it pays.
+splits, then their blend; each first on the base features, then on the extended
+ones), so added complexity, in the model or in its features, is kept only where
+the holdout proves it pays.
 
 Every candidate maps the raw context (fsp.features.MODEL_INPUT_COLUMNS) to
 a calibrated probability of a poor first session: encoder + classifier, then
@@ -35,30 +37,33 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 
 from fsp.constants import PRECISION_TARGET
-from fsp.encoding import RiskFeatureEncoder, numeric_names
+from fsp.encoding import BASE_FEATURE_SET, RiskFeatureEncoder, numeric_names
 from fsp.estimators import LogOddsBlend
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A model family: its name, how simple it is (lower wins ties) and how to build it."""
+    """A model family on a feature set: its name, how simple it is (lower wins ties)
+    and how to build it."""
 
     name: str
     simplicity_rank: int
     calibration: str
     build: Callable[[int], Pipeline]
+    feature_set: str = BASE_FEATURE_SET
 
 
-def _logistic(seed: int) -> Pipeline:
+def _logistic(seed: int, feature_set: str = BASE_FEATURE_SET) -> Pipeline:
     """The reference: standardised features, class-weighted logistic regression."""
     clf = LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed)
-    return Pipeline([("encode", RiskFeatureEncoder(with_bins=False)), ("clf", clf)])
+    encoder = RiskFeatureEncoder(with_bins=False, feature_set=feature_set)
+    return Pipeline([("encode", encoder), ("clf", clf)])
 
 
-def _logistic_binned(seed: int) -> Pipeline:
+def _logistic_binned(seed: int, feature_set: str = BASE_FEATURE_SET) -> Pipeline:
     """The reference plus quantile-bin indicators (bends in tenure, age and hour)."""
     clf = LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed)
-    return Pipeline([("encode", RiskFeatureEncoder()), ("clf", clf)])
+    return Pipeline([("encode", RiskFeatureEncoder(feature_set=feature_set)), ("clf", clf)])
 
 
 MONOTONE_RISK = {
@@ -66,13 +71,18 @@ MONOTONE_RISK = {
     "avg_rating": -1,
     "reschedule_rate": 1,
     "no_show_rate": 1,
+    "recent_poor_rate": 1,
+    "poor_rate_in_subject": 1,
+    "poor_rate_in_age_band": 1,
 }
 """Directions the risk must follow whatever the model (model-behaviour tests check them)."""
 
 
-def _boosting(seed: int) -> Pipeline:
-    """Trees on the numeric columns plus the subject as one natively categorical column."""
-    names = numeric_names()
+def _boosting(seed: int, feature_set: str = BASE_FEATURE_SET) -> Pipeline:
+    """Trees on the numeric columns plus the subject as one natively categorical column:
+    the family that finds interactions (a tutor's subject with the student's age, the
+    hour with the age) no linear model sees."""
+    names = numeric_names(feature_set=feature_set)
     constraints = [MONOTONE_RISK.get(name, 0) for name in names] + [0]
     clf = HistGradientBoostingClassifier(
         monotonic_cst=constraints,
@@ -84,18 +94,44 @@ def _boosting(seed: int) -> Pipeline:
         min_samples_leaf=40,
         random_state=seed,
     )
-    encoder = RiskFeatureEncoder(subject_as_code=True, with_bins=False)
+    encoder = RiskFeatureEncoder(subject_as_code=True, with_bins=False, feature_set=feature_set)
     return Pipeline([("encode", encoder), ("clf", clf)])
 
 
+EXTENDED = "extended"
+EXTENDED_SUFFIX = "_extended"
+
 BLEND = Candidate("log_odds_blend", 3, "members", lambda seed: LogOddsBlend())
-"""Built from the other candidates once they are fitted (training.train.blend_of)."""
+"""Built from the base candidates once they are fitted (training.train.blends_of)."""
+BLEND_EXTENDED = Candidate(
+    "log_odds_blend" + EXTENDED_SUFFIX, 7, "members", lambda seed: LogOddsBlend(), EXTENDED
+)
+"""The same blend of the extended-feature candidates."""
+BLENDS = (BLEND, BLEND_EXTENDED)
+
+_FAMILIES = (
+    ("logistic_regression", _logistic),
+    ("logistic_regression_binned", _logistic_binned),
+    ("gradient_boosting", _boosting),
+)
+
+
+def _on(build: Callable[..., Pipeline], feature_set: str) -> Callable[[int], Pipeline]:
+    """The family's builder with the feature set fixed."""
+    return lambda seed: build(seed, feature_set)
+
 
 CANDIDATES: tuple[Candidate, ...] = (
-    Candidate("logistic_regression", 0, "sigmoid", _logistic),
-    Candidate("logistic_regression_binned", 1, "sigmoid", _logistic_binned),
-    Candidate("gradient_boosting", 2, "sigmoid", _boosting),
+    *(Candidate(name, rank, "sigmoid", build) for rank, (name, build) in enumerate(_FAMILIES)),
+    *(
+        Candidate(name + EXTENDED_SUFFIX, 4 + rank, "sigmoid", _on(build, EXTENDED), EXTENDED)
+        for rank, (name, build) in enumerate(_FAMILIES)
+    ),
 )
+"""Every family on the base features, then on the extended ones. Ranks: every base
+candidate (and their blend) is simpler than every extended one, so the extended history
+is kept only when it beats the best base candidate by more than the tie tolerance:
+the champion never pays for features that add only noise."""
 
 
 def calibrated(candidate: Candidate, seed: int) -> CalibratedClassifierCV:
@@ -163,6 +199,6 @@ def evaluate(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]
 def pick_best(results: dict[str, float], tolerance: float) -> str:
     """Highest holdout AUC wins; within `tolerance` of it, the simplest candidate."""
     best = max(results.values())
-    known = (*CANDIDATES, BLEND)
+    known = (*CANDIDATES, *BLENDS)
     close = [c for c in known if c.name in results and results[c.name] >= best - tolerance]
     return min(close, key=lambda c: c.simplicity_rank).name

@@ -20,11 +20,13 @@ from fsp.constants import PRECISION_TARGET, RISK_BANDS
 from fsp.encoding import OTHER_LEVEL
 from fsp.errors import NotEnoughData
 from fsp.estimators import LogOddsBlend, positive_proba
-from fsp.features import FEATURE_DOCS
+from fsp.features import FEATURE_DOCS, MODEL_INPUT_COLUMNS
+from fsp.scoring import grouping
 from fsp.settings import Settings
 from training.dataset import TrainingSet
 from training.model import (
     BLEND,
+    BLENDS,
     Candidate,
     calibrated,
     choose_threshold,
@@ -93,7 +95,9 @@ def fit_candidate(candidate: Candidate, ts: TrainingSet, split: Split, settings:
     return FittedCandidate(candidate, model, cv, p, auc)
 
 
-def blend_of(fitted: list[FittedCandidate], ts: TrainingSet, split: Split) -> FittedCandidate:
+def blend_of(
+    fitted: list[FittedCandidate], ts: TrainingSet, split: Split, blend: Candidate = BLEND
+) -> FittedCandidate:
     """The log-odds blend of the fitted candidates, judged on the same holdout (it has
     no CV of its own: its members' are logged beside it)."""
     from sklearn.metrics import roc_auc_score
@@ -102,7 +106,18 @@ def blend_of(fitted: list[FittedCandidate], ts: TrainingSet, split: Split) -> Fi
     p = positive_proba(model, ts.X[split.holdout])
     auc = float(roc_auc_score(ts.y[split.holdout], p))
     cv = np.array([f.cv_auc.mean() for f in fitted])
-    return FittedCandidate(BLEND, model, cv, p, auc)
+    return FittedCandidate(blend, model, cv, p, auc)
+
+
+def blends_of(fitted: list[FittedCandidate], ts: TrainingSet, split: Split):
+    """One blend per feature set, of the candidates fitted on that set (a blend on the
+    base features must not carry the extended ones in through a member)."""
+    out = []
+    for blend in BLENDS:
+        members = [f for f in fitted if f.candidate.feature_set == blend.feature_set]
+        if members:
+            out.append(blend_of(members, ts, split, blend))
+    return out
 
 
 def choose(fitted: list[FittedCandidate], settings: Settings) -> FittedCandidate:
@@ -133,10 +148,15 @@ def explain_weights(best: FittedCandidate, ts: TrainingSet, split: Split) -> pd.
 
 
 def _log_candidate_child(f: FittedCandidate, y_hold: np.ndarray, fitted: list[FittedCandidate]):
-    """A child run per candidate; a blend names its members (their models are its params)."""
-    extra = {"calibration": f.candidate.calibration}
+    """A child run per candidate; a blend names its members (their models are its params):
+    the single candidates fitted on its feature set."""
+    feature_set = f.candidate.feature_set
+    extra = {"calibration": f.candidate.calibration, "feature_set": feature_set}
     if isinstance(f.model, LogOddsBlend):
-        extra["members"] = ",".join(g.candidate.name for g in fitted if g is not f)
+        members = [g for g in fitted if g.candidate.feature_set == feature_set]
+        extra["members"] = ",".join(
+            g.candidate.name for g in members if not isinstance(g.model, LogOddsBlend)
+        )
     log_candidate_run(f.candidate.name, f.model, y_hold, f.holdout_p, f.cv_auc, extra)
 
 
@@ -146,12 +166,24 @@ def _log_artifacts(best: FittedCandidate, ts: TrainingSet, split: Split, thresho
         y_hold = ts.y[split.holdout]
         save_evaluation_plots(y_hold, best.holdout_p, threshold, folder / "plots")
         explain_weights(best, ts, split).to_csv(folder / "weights.csv", index=False)
-        (folder / "features.json").write_text(json.dumps(FEATURE_DOCS, indent=2))
+        used = used_features(best.model)
+        docs = {name: doc for name, doc in FEATURE_DOCS.items() if name in used}
+        (folder / "features.json").write_text(json.dumps(docs, indent=2))
         vocabulary = learned_vocabulary(best.model, ts.X[split.train])
         (folder / "vocabulary.json").write_text(json.dumps(vocabulary, indent=2))
         mlflow.log_artifacts(str(folder / "plots"), artifact_path="plots")
         for name in ("weights.csv", "features.json", "vocabulary.json"):
             mlflow.log_artifact(str(folder / name))
+
+
+def used_features(model) -> set[str]:
+    """The model input columns the model's encoders read (its feature set's)."""
+    encoders = [_encoder_of(m) for m in getattr(model, "members", ())] or [_encoder_of(model)]
+    used: set[str] = set()
+    for encoder in encoders:
+        groups = grouping(encoder.get_feature_names_out().tolist())
+        used |= {MODEL_INPUT_COLUMNS[j] for j in np.flatnonzero(groups.sum(axis=0))}
+    return used
 
 
 def learned_vocabulary(model, X_train: pd.DataFrame) -> dict:
@@ -197,11 +229,13 @@ def log_and_register(
                 "data_fingerprint": ts.fingerprint,
                 "git_commit": git_commit(),
                 "chosen_model": best.candidate.name,
+                "feature_set": best.candidate.feature_set,
             }
         )
         mlflow.log_params(
             {
                 "model_type": best.candidate.name,
+                "feature_set": best.candidate.feature_set,
                 "calibration": best.candidate.calibration,
                 "holdout_days": settings.holdout_days,
                 "cv_folds": settings.cv_folds,
@@ -260,6 +294,7 @@ def _tag_version(
         "threshold_rule": rule,
         "risk_bands": bands_tag(),
         "model_type": best.candidate.name,
+        "feature_set": best.candidate.feature_set,
         "training_window": " .. ".join(ts.window),
         "cutoff": ts.cutoff.isoformat(),
         "data_fingerprint": ts.fingerprint,
