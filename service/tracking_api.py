@@ -34,8 +34,11 @@ from service.config import TRACKING_PREFIXES
 
 log = logging.getLogger(__name__)
 
-OPEN_PATH: Final = "/t/{token}.gif"
-CLICK_PATH: Final = "/r/{token}"
+OPEN_PATH: Final = "/t/{token:path}"
+CLICK_PATH: Final = "/r/{token:path}"
+"""Any path below /t/ and /r/ is answered (a mangled link with a slash in it too): the
+image always, a redirect always; only a well-formed known token is recorded."""
+GIF_SUFFIX: Final = ".gif"
 TRACKING_PATHS: Final = TRACKING_PREFIXES
 
 NO_STORE: Final = {
@@ -76,7 +79,8 @@ def pixel() -> Response:
 
 def email_opened(token: Token) -> Response:
     """The email's tracking image: stores the first open of a known token."""
-    if well_formed(token):
+    token, gif = token.removesuffix(GIF_SUFFIX), token.endswith(GIF_SUFFIX)
+    if gif and well_formed(token):
         at = utc_now()
         _with_connection(lambda conn: record_open(conn, token, at), False)
     return pixel()
