@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 import psycopg
 
+from alerting.tracking import tracking_summary
 from fsp.errors import UnknownTutor
 from fsp.features import TUTOR_HISTORY_COLUMNS, load_history
 from fsp.outcomes import holdout_comparison
@@ -146,10 +147,13 @@ class ReadViews:
         }
 
     def summary(self, days: int, now: datetime | None) -> dict[str, Any]:
-        """Prediction volume, high-risk rate, alert rate and accuracy over `days` days."""
+        """Prediction volume, high-risk rate, alert rate and accuracy over `days` days; the
+        alerted-vs-holdout comparison; the emails' open and click rates, with the
+        comparison split by opened / not opened."""
         moment = now or self.clock()
         with self.pool.connection() as conn:
             figures = prediction_summary(conn, moment, days)
             since = moment - timedelta(days=days)
             figures["alerted_vs_holdout"] = holdout_comparison(conn, since, moment)
+            figures["email_tracking"] = tracking_summary(conn, since, moment)
         return {"now": moment.isoformat(), "days": days, **figures}

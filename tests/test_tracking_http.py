@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from conftest import DEMO_NOW, create_database, drop_database, seed_demo
 from flow_fixtures import point_at
-from test_dashboard import serve_bento
+from test_dashboard import API_KEY, serve_bento
 
 from alerting.tracking import PIXEL_GIF
 from flows.alerts import alerts_flow
@@ -105,6 +105,16 @@ def test_open_stores_the_first_open_once(served: str, tracking_world: dict):
     snapshot = _rows(url)
     _assert_pixel(httpx.get(f"{served}/api/first-session/t/{token}.gif"))
     assert _rows(url) == snapshot, "a repeated open changed something"
+
+    summary = httpx.get(
+        f"{served}/api/first-session/analytics/summary",
+        params={"days": 30},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    ).json()["email_tracking"]
+    letters = {r[5] for r in _rows(url) if r[5] is not None}
+    opened_letters = {r[5] for r in _rows(url) if r[5] is not None and r[2] is not None}
+    assert summary["emails_opened"] == len(opened_letters) >= 1
+    assert summary["open_rate"] == pytest.approx(len(opened_letters) / len(letters), abs=1e-4)
 
 
 @pytest.mark.parametrize(
