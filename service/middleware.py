@@ -81,6 +81,12 @@ BENTOML_PATHS = frozenset({"/", "/livez", "/healthz", "/readyz", "/metrics", "/d
 """Routes BentoML serves itself, besides the service's APIs."""
 
 
+def _parameter_pattern(parameter: re.Match) -> str:
+    """A path parameter's pattern: one segment, or any rest of the path for
+    Starlette's `:path` convertor (the email tracking routes)."""
+    return r"[^\x00-\x08\x0a-\x1f\x7f]*" if ":path" in parameter.group(0) else _SEGMENT
+
+
 def route_labels(app: Any, service: Any) -> RouteLabels:
     """`RouteLabels` around `app` for the service's routes and its mounted apps' routes."""
     exact = {api.route for api in service.apis.values()} | BENTOML_PATHS | {"/schema.json"}
@@ -92,7 +98,7 @@ def route_labels(app: Any, service: Any) -> RouteLabels:
                 continue
             full = (prefix.rstrip("/") + path) or "/"
             if "{" in full:
-                pattern = re.sub(r"\\\{[^}]*\\\}", lambda _: _SEGMENT, re.escape(full))
+                pattern = re.sub(r"\\\{[^}]*\\\}", _parameter_pattern, re.escape(full))
                 templates.append((re.compile(pattern), full))
             else:
                 exact.add(full)
