@@ -103,8 +103,7 @@ def test_a_missing_sqlite_store_is_refused_not_created(tmp_path: Path, command):
 @pytest.mark.services
 def test_train_creates_the_store_it_is_pointed_at(empty_db: str, tmp_path: Path):
     """`fsp train` may create a store (every other command refuses a missing one): on an
-    empty platform it fails for want of data, not for the store; pointed at a new store
-    with data, it creates it and `fsp models` then reads it."""
+    empty platform pointed at a new store it fails for want of data, not for the store."""
     from fsp.db import connect, ensure_platform_schema, upgrade
 
     with connect(empty_db) as conn:
