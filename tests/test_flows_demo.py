@@ -5,6 +5,7 @@ local MLflow store, outbox folder, Prefect's ephemeral API."""
 from __future__ import annotations
 
 import email
+import email.policy
 import json
 import os
 import re
@@ -104,7 +105,8 @@ def test_fsp_demo_runs_the_whole_loop_on_embedded_defaults(tmp_path):
 def assert_previews_and_tracking(state: Path) -> None:
     """`fsp preview` writes the email a scored session would get; an unknown session is
     one line naming it. The demo's emails carry the open pixel and tracked links."""
-    letter = email.message_from_bytes(next((state / "outbox").glob("*.eml")).read_bytes())
+    eml = next((state / "outbox").glob("*.eml")).read_bytes()
+    letter = email.message_from_bytes(eml, policy=email.policy.default)
     session_id = str(letter["X-FSP-Session-Id"]).split(",")[0].strip()
     html = letter.get_body(("html",)).get_content()  # type: ignore[union-attr]
     assert re.search(r"/api/first-session/t/[\w-]{20,}\.gif", html)
