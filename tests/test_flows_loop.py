@@ -211,6 +211,9 @@ def test_drift_detected_on_shifted_data_not_on_same_distribution(trained_world):
     shifted["local_hour"] = (shifted["local_hour"] + 6) % 24
     shifted["student_age"] += 15
     shifted["subject"] = "sat_prep"
+    shifted["recent_poor_rate"] += 0.2
+    shifted["poor_rate_in_subject"] += 0.2
+    shifted["engagement_trend"] -= 0.2
     moved = drift_report(reference, shifted, drift_share=0.5)
     assert moved.figures["drifted"] and moved.figures["drift_share"] > 0.5
     assert {"avg_rating", "student_age", "subject"} <= set(moved.figures["drifted_columns"])
