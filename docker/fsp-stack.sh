@@ -78,7 +78,7 @@ bootstrap() {
       && [ "$(cat "$BENTOML_HOME/fsp-champion-bento")" = "$version" ]; then
     log "the champion's Bento is already built"
   else
-    fsp package > "$BENTOML_HOME/fsp-package.json"
+    fsp package --json > "$BENTOML_HOME/fsp-package.json"
     echo "$version" > "$BENTOML_HOME/fsp-champion-bento"
     log "built the Bento of version $version"
   fi
