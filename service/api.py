@@ -92,6 +92,24 @@ read_app = FastAPI(
 install_handlers(read_app)
 
 
+def refusals_in_json(doc: dict[str, Any]) -> dict[str, Any]:
+    """`doc` with every refusal documented as the JSON body it is (`service.refusals`):
+    FastAPI documents an app's shared responses (401, 413, 422, 503) in each route's
+    own media type, text/html for the dashboard and image/gif for the open image."""
+    for item in doc["paths"].values():
+        for operation in item.values():
+            responses = operation.get("responses", {}) if isinstance(operation, dict) else {}
+            for status, response in responses.items():
+                content = response.get("content", {})
+                if status >= "400" and content and "application/json" not in content:
+                    response["content"] = {"application/json": next(iter(content.values()))}
+    return doc
+
+
+_fastapi_openapi = read_app.openapi
+read_app.openapi = lambda: refusals_in_json(_fastapi_openapi())  # type: ignore[method-assign]
+
+
 @read_app.get("/predict-upcoming")
 def predict_upcoming(
     lookahead_hours: Annotated[float, Query(gt=0, le=LOOKAHEAD_HOURS_MAX)] = 24.0,
@@ -186,6 +204,7 @@ def bento_openapi(spec: dict[str, Any]) -> dict[str, Any]:
     for route, (request, answer, many) in _ENDPOINTS.items():
         body, out = refs[(request, "validation")], refs[(answer, "serialization")]
         doc["paths"][route]["post"].update(_bento_operation(body, out, many))
+    refusals_in_json(doc)
     _document_refusals(doc)
     _drop_unreferenced(doc)
     return doc

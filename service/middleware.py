@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 
 from fsp.settings import Settings, get_settings
 from service.access import STATIC_PREFIX, AccessRules, needs_database
-from service.config import MAX_BODY_BYTES, OTHER_ROUTE_LABEL
+from service.config import MAX_BODY_BYTES, OTHER_ROUTE_LABEL, TRACKING_PREFIXES
 from service.refusals import json_refusal_body, says_why, send_refusal
 
 REAL_PATH = "fsp.path"
@@ -82,9 +82,10 @@ BENTOML_PATHS = frozenset({"/", "/livez", "/healthz", "/readyz", "/metrics", "/d
 
 
 def _parameter_pattern(parameter: re.Match) -> str:
-    """A path parameter's pattern: one segment, or any rest of the path for
-    Starlette's `:path` convertor (the email tracking routes)."""
-    return r"[^\x00-\x08\x0a-\x1f\x7f]*" if ":path" in parameter.group(0) else _SEGMENT
+    """A path parameter's pattern: one segment, or any rest of the path, control
+    characters too, for Starlette's `:path` convertor (the email tracking routes, which
+    answer whatever follows their prefix)."""
+    return r"[\s\S]*" if ":path" in parameter.group(0) else _SEGMENT
 
 
 def route_labels(app: Any, service: Any) -> RouteLabels:
@@ -114,9 +115,19 @@ class RestorePath:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and REAL_PATH in scope:
             label = scope["path"]
-            scope = {**scope, "path": scope[REAL_PATH], NO_ROUTE: label == OTHER_ROUTE_LABEL}
+            path = routable(scope[REAL_PATH])
+            scope = {**scope, "path": path, NO_ROUTE: label == OTHER_ROUTE_LABEL}
             del scope[REAL_PATH]
         await self.app(scope, receive, send)
+
+
+def routable(path: str) -> str:
+    """`path`, with a newline in an email tracking path made a character no token holds:
+    Starlette's mount and `:path` patterns stop at a newline, and a mangled tracking
+    link must still get its image or redirect, never a 404."""
+    if path.startswith(TRACKING_PREFIXES):
+        return path.replace("\n", "\ufffd")
+    return path
 
 
 def _json_start(start: dict[str, Any], length: int) -> dict[str, Any]:

@@ -129,7 +129,8 @@ def seed_demo(url: str, tutors: int = 150, days: int = 120, seed: int = 3) -> di
 def trained_world(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """A seeded database with a trained champion, shared read-only by many tests.
 
-    Yields {'database_url', 'state_dir'}; tests that use it must not write to it
+    Yields {'database_url', 'state_dir', 'train' (the training flow's summary),
+    'train_run_id' (its Prefect flow run)}; tests that use it must not write to it
     (use `world_env` to point the settings at it)."""
     url = create_database(server_url)
     state = tmp_path_factory.mktemp("world-state")
@@ -138,10 +139,12 @@ def trained_world(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     configure_env(mp, url, state)
     from flows.train import train_flow
 
-    summary = train_flow(as_of=DEMO_NOW.isoformat())
+    state_of_run = train_flow(as_of=DEMO_NOW.isoformat(), return_state=True)
+    summary = state_of_run.result()
     mp.undo()
     get_settings.cache_clear()
-    yield {"database_url": url, "state_dir": state, "train": summary}
+    run_id = state_of_run.state_details.flow_run_id
+    yield {"database_url": url, "state_dir": state, "train": summary, "train_run_id": run_id}
     drop_database(server_url, url)
 
 

@@ -125,6 +125,8 @@ def test_open_stores_the_first_open_once(served: str, tracking_world: dict):
         "a" * 500,  # too long
         "not a token!",  # wrong alphabet
         "%27%3B--",  # an injection attempt, URL-encoded
+        "%C2%AE%04",  # a control character (once answered 404 by the route labels)
+        "ab%0Acd",  # a newline, where Starlette's path patterns stop
     ],
 )
 def test_forged_or_malformed_open_answers_the_same_image_and_writes_nothing(
@@ -155,7 +157,9 @@ def test_click_redirects_to_the_target_and_stores_the_first_click(
     assert _rows(url) == snapshot, "a repeated click changed something"
 
 
-@pytest.mark.parametrize("token", [secrets.token_urlsafe(32), "x", "b" * 300, "..%2F..%2Fetc"])
+@pytest.mark.parametrize(
+    "token", [secrets.token_urlsafe(32), "x", "b" * 300, "..%2F..%2Fetc", "%0A", "%26%C3%B2Q%18"]
+)
 def test_unknown_click_goes_to_the_platform_page_and_writes_nothing(
     served: str, tracking_world: dict, token: str
 ):
@@ -171,3 +175,25 @@ def test_tracking_needs_no_key_but_the_read_endpoints_still_do(served: str):
     assert httpx.get(f"{served}/api/first-session/dashboard").status_code == 401
     gif = httpx.get(f"{served}/api/first-session/t/{secrets.token_urlsafe(32)}.gif")
     assert gif.status_code == 200
+
+
+@pytest.mark.parametrize("document", ["/docs.json", "/api/first-session/openapi.json"])
+def test_every_documented_refusal_is_json(served: str, document: str):
+    """The dashboard answers HTML and the open image a GIF, but their refusals (422 for
+    a wrong `now`, 401, 503) are JSON bodies, and both documents say so."""
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    spec = httpx.get(served + document, headers=auth).json()
+    refusals = {
+        f"{method} {path} {status}": sorted(response.get("content", {}))
+        for path, item in spec["paths"].items()
+        for method, operation in item.items()
+        if isinstance(operation, dict)
+        for status, response in operation.get("responses", {}).items()
+        if status >= "400" and path != "/readyz"
+    }
+    assert refusals and all(types == ["application/json"] for types in refusals.values()), {
+        k: v for k, v in refusals.items() if v != ["application/json"]
+    }
+    answer = httpx.get(served + "/api/first-session/dashboard", params={"now": "AAA"}, headers=auth)
+    assert answer.status_code == 422
+    assert answer.headers["content-type"].startswith("application/json")
