@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
@@ -328,3 +329,33 @@ def missing_artifacts(client: MlflowClient, name: str, version: str | int) -> Fs
         f"cannot load {model_uri} from MLflow store {masked_uri(client_uri(client))}: its"
         f" artifacts are missing ({len(listed)} file(s) where the model should be, no MLmodel)"
     )
+
+
+def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+    """Every registered version with its aliases and the tags that explain its fate
+    (`fsp models`: a read, kept here, off the training code and its imports)."""
+    shown = (
+        "model_type",
+        "holdout_auc_roc",
+        "alert_threshold",
+        "threshold_rule",
+        "promotion.decision",
+        "promotion.reason",
+        "gate.reason",
+        "cutoff",
+    )
+    with store_errors(client_uri(client)):
+        versions = client.search_model_versions(f"name='{name}'")
+        # On SQL stores search_model_versions leaves each version's aliases empty; the
+        # registered model holds them all (alias -> version).
+        aliases = client.get_registered_model(name).aliases if versions else {}
+    rows = []
+    for v in sorted(versions, key=lambda v: int(v.version)):
+        rows.append(  # noqa: PERF401  (one readable row per version)
+            {
+                "version": v.version,
+                "aliases": sorted(a for a, held in aliases.items() if str(held) == str(v.version)),
+                **{k: v.tags.get(k) for k in shown if k in v.tags},
+            }
+        )
+    return rows

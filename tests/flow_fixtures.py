@@ -5,7 +5,6 @@ loopback (aiosmtpd), and small utilities. Nothing is mocked."""
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,12 +18,7 @@ import psycopg
 import pytest
 
 from fsp.settings import get_settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.service_fixtures import free_port
 
 
 def point_at(

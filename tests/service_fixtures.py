@@ -7,15 +7,37 @@ and restore (database down, then back)."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from fsp.settings import PROJECT_ROOT
+
 READY_TIMEOUT_S = 180.0
-__all__ = ["READY_TIMEOUT_S", "DbProxy", "free_port", "wait_until"]
+READY_IN_A_ROW = 12
+"""Consecutive /readyz answers of 200, each on a fresh connection, before a served
+Bento counts as ready: each of its two workers listens on a socket of its own and
+gets ready on its own, so one 200 may come from the first worker only."""
+__all__ = [
+    "READY_TIMEOUT_S",
+    "DbProxy",
+    "Server",
+    "free_port",
+    "fsp_serve",
+    "serving",
+    "wait_until",
+]
 
 
 def free_port() -> int:
@@ -35,6 +57,64 @@ def wait_until(check, timeout: float, every: float = 0.2) -> bool:
             pass
         time.sleep(every)
     return False
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server a test started: where it answers and where it logs."""
+
+    base_url: str
+    port: int
+    log: Path
+
+
+def _all_ready(process: subprocess.Popen, base: str, in_a_row: int) -> bool:
+    return process.poll() is None and all(
+        httpx.get(f"{base}/readyz").status_code == 200 for _ in range(in_a_row)
+    )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the server's whole process group (its workers too), SIGKILL if slow."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def serving(
+    command: list[str], env: dict[str, str], port: int, log: Path, cwd: Path = PROJECT_ROOT
+) -> Iterator[Server]:
+    """Run `command` (a server on 127.0.0.1:`port`) in a process group of its own, its
+    output in `log`; yield once /readyz answers 200 READY_IN_A_ROW times in a row (the
+    test fails with the log's tail if it never does); stop the group afterwards."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            if not wait_until(lambda: _all_ready(process, base, READY_IN_A_ROW), READY_TIMEOUT_S):
+                out.flush()
+                pytest.fail(f"the server did not get ready ({log}):\n{log.read_text()[-3000:]}")
+            yield Server(base, port, log)
+        finally:
+            _stop(process)
+
+
+@contextlib.contextmanager
+def fsp_serve(log_dir: Path, **settings: str) -> Iterator[Server]:
+    """`fsp serve` on a free loopback port with `settings` (BENTOML_HOME, DATABASE_URL,
+    ...) over this process's environment; its log in `log_dir`."""
+    env = {k: v for k, v in os.environ.items() if k != "BENTOML_HOST"}  # loopback default
+    env.update({"BENTOML_DO_NOT_TRACK": "True", **settings})
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "fsp"), "serve", "--port", str(port)]
+    with serving(command, env, port, log_dir / f"serve-{port}.log") as server:
+        yield server
 
 
 class DbProxy:

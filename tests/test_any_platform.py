@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
@@ -23,9 +20,9 @@ import numpy as np
 import psycopg
 import pytest
 from conftest import DEMO_NOW, configure_env, create_database, drop_database
-from service_fixtures import READY_TIMEOUT_S, free_port, wait_until
+from service_fixtures import fsp_serve
 
-from fsp.settings import PROJECT_ROOT, get_settings
+from fsp.settings import get_settings
 
 pytestmark = pytest.mark.services
 WEEK = 24 * 7
@@ -155,29 +152,13 @@ def intl_served(intl_world: dict, tmp_path_factory) -> Iterator[str]:
     from service.packaging import package_champion
 
     home = tmp_path_factory.mktemp("intl-bentoml")
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
     os.environ["BENTOML_HOME"] = str(home)
     try:
         package_champion(get_settings())
     finally:
         os.environ.pop("BENTOML_HOME", None)
-    port = free_port()
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "fsp"), "serve", "--port", str(port)],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        ok = wait_until(lambda: httpx.get(f"{base}/readyz").status_code == 200, READY_TIMEOUT_S)
-        assert ok, "the platform's Bento did not get ready"
-        yield base
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+    with fsp_serve(home, BENTOML_HOME=str(home)) as server:
+        yield server.base_url
 
 
 def test_the_bento_serves_the_platform_as_it_spells_itself(intl_served: str, intl_world) -> None:

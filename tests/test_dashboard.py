@@ -7,11 +7,7 @@ endpoints' numbers with the same parameters."""
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -22,7 +18,7 @@ import psycopg
 import pytest
 from conftest import DEMO_NOW, create_database, drop_database, seed_demo
 from flow_fixtures import point_at
-from service_fixtures import READY_TIMEOUT_S, free_port, wait_until
+from service_fixtures import fsp_serve
 
 from benchmarks.bench_dashboard import page_url, report, time_loads
 from flows.alerts import alerts_flow
@@ -31,7 +27,7 @@ from flows.monitor import monitor_flow
 from flows.reconcile import reconcile_flow
 from flows.score import score_flow
 from fsp.db import connect
-from fsp.settings import PROJECT_ROOT, get_settings
+from fsp.settings import get_settings
 from service.packaging import package_champion
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(3600)]
@@ -88,54 +84,20 @@ def dashboard_world(
     drop_database(server_url, url)
 
 
-READY_IN_A_ROW = 12
-"""Consecutive /readyz answers of 200, each on a fresh connection, before a served
-Bento counts as ready: each of its two workers listens on a socket of its own and
-gets ready on its own, so one 200 may come from the first worker only."""
-
-
-def _all_ready(process: subprocess.Popen, base: str) -> bool:
-    return process.poll() is None and all(
-        httpx.get(f"{base}/readyz").status_code == 200 for _ in range(READY_IN_A_ROW)
-    )
-
-
 @contextlib.contextmanager
 def serve_bento(state: Path, database_url: str, **settings: str) -> Iterator[str]:
     """`fsp serve` of the Bento packaged under `state` with FSP_API_KEY (and any other
     `settings`) set, on a free loopback port; yields its base URL, and stops it."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "BENTOML_HOST"}
-    env.update(
+    with fsp_serve(
+        state,
         BENTOML_HOME=str(state / "bentoml"),
-        BENTOML_DO_NOT_TRACK="True",
         DATABASE_URL=database_url,
         FSP_STATE_DIR=str(state),
         MLFLOW_TRACKING_URI=f"sqlite:///{state / 'mlflow.db'}",
         FSP_API_KEY=API_KEY,
         **settings,
-    )
-    log_path = state / f"serve-{port}.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "fsp"), "serve", "--port", str(port)],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            if not wait_until(lambda: _all_ready(process, base), READY_TIMEOUT_S):
-                pytest.fail(f"the served Bento did not get ready (see {log_path})")
-            yield base
-        finally:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(process.pid, signal.SIGKILL)
+    ) as server:
+        yield server.base_url
 
 
 @pytest.fixture(scope="module")

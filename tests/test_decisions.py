@@ -3,6 +3,8 @@ promotion rule, the delivery back-off and which faults are worth a retry."""
 
 from __future__ import annotations
 
+import logging
+import sys
 from datetime import timedelta
 
 import numpy as np
@@ -14,6 +16,7 @@ from flows.retrying import is_transient
 from fsp.errors import DatabaseUnavailable, InvalidInput, NoChampion, RegistryUnavailable
 from training.model import choose_threshold, pick_best
 from training.registry import judge
+from training.train import registration_notices_logged
 
 
 def test_threshold_is_the_lowest_reaching_the_precision_target_with_enough_alerts() -> None:
@@ -105,3 +108,20 @@ def test_back_off_doubles_from_the_base() -> None:
 )
 def test_only_transient_faults_are_retried(fault, transient) -> None:
     assert is_transient(fault) is transient
+
+
+# -- MLflow's registration notices ---------------------------------------------------------
+
+
+def test_registration_notices_go_to_the_log_and_warnings_pass_through(capsys, caplog):
+    """A clean `fsp train` prints nothing on stderr: MLflow's registration notices are
+    logged instead; a warning printed meanwhile still reaches the terminal."""
+    with caplog.at_level(logging.INFO, logger="training.train"), registration_notices_logged():
+        print("Successfully registered model 'first_session_risk'.", file=sys.stderr)
+        print("Created version '3' of model 'first_session_risk'.", file=sys.stderr)
+        print("UserWarning: something worth seeing", file=sys.stderr)
+    assert capsys.readouterr().err == "UserWarning: something worth seeing\n"
+    assert [r.getMessage() for r in caplog.records] == [
+        "mlflow: Successfully registered model 'first_session_risk'.",
+        "mlflow: Created version '3' of model 'first_session_risk'.",
+    ]

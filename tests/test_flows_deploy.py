@@ -19,7 +19,7 @@ import yaml
 from fsp.db import connect, ensure_platform_schema, upgrade
 from fsp.settings import PROJECT_ROOT
 from tests.conftest import DEMO_NOW
-from tests.flow_fixtures import free_port
+from tests.service_fixtures import free_port
 
 pytestmark = pytest.mark.services
 

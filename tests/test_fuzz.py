@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections import Counter
@@ -33,9 +32,9 @@ import httpx
 import psycopg
 import pytest
 from conftest import DEMO_NOW, create_database, drop_database, seed_demo
-from service_fixtures import READY_TIMEOUT_S, free_port, wait_until
+from service_fixtures import fsp_serve
 
-from fsp.settings import PROJECT_ROOT, get_settings
+from fsp.settings import get_settings
 
 pytestmark = pytest.mark.services
 
@@ -128,19 +127,16 @@ def fuzz_served(
     from service.packaging import package_champion
 
     home = tmp_path_factory.mktemp("fuzz-bentoml")
-    env = dict(os.environ)
-    env.pop("BENTOML_HOST", None)
-    env.update(
-        BENTOML_HOME=str(home),
-        BENTOML_DO_NOT_TRACK="True",
-        DATABASE_URL=trained_world["database_url"],
-        FSP_STATE_DIR=str(trained_world["state_dir"]),
-        MLFLOW_TRACKING_URI=f"sqlite:///{trained_world['state_dir'] / 'mlflow.db'}",
-    )
+    env = {
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "DATABASE_URL": trained_world["database_url"],
+        "FSP_STATE_DIR": str(trained_world["state_dir"]),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{trained_world['state_dir'] / 'mlflow.db'}",
+    }
     mp = pytest.MonkeyPatch()
-    for key in ("BENTOML_HOME", "BENTOML_DO_NOT_TRACK", "DATABASE_URL", "FSP_STATE_DIR"):
-        mp.setenv(key, env[key])
-    mp.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    for key, value in env.items():
+        mp.setenv(key, value)
     get_settings.cache_clear()
     try:
         package_champion(get_settings())
@@ -148,35 +144,9 @@ def fuzz_served(
         mp.undo()
         get_settings.cache_clear()
 
-    port = free_port()
     env.update(DATABASE_URL=fuzz_db["url"], FSP_API_KEY=API_KEY)
-    log_path = home / f"serve-{port}.log"
-    log = open(log_path, "w")  # noqa: SIM115
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "fsp"), "serve", "--port", str(port)],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        ready = wait_until(
-            lambda: process.poll() is None and httpx.get(f"{base}/readyz").status_code == 200,
-            READY_TIMEOUT_S,
-        )
-        if not ready:
-            log.flush()
-            pytest.fail(f"the served Bento did not get ready:\n{log_path.read_text()[-3000:]}")
-        yield {"base_url": base, "log": log_path, **fuzz_db}
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+    with fsp_serve(home, **env) as server:
+        yield {"base_url": server.base_url, "log": server.log, **fuzz_db}
 
 
 # -- schemathesis: its command line, with hooks that put real ids in ---------------------------

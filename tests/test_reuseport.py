@@ -9,17 +9,14 @@ import asyncio
 import inspect
 import os
 import re
-import signal
 import socket
-import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
-import httpx
 import pytest
-from service_fixtures import free_port, wait_until
+from service_fixtures import free_port, serving
 
 from fsp.settings import PROJECT_ROOT
 from service import reuseport
@@ -220,29 +217,9 @@ def test_bentoml_serve_spreads_a_client_pool_over_both_workers(tmp_path: Path) -
         PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")]),
     )
     bentoml_cli = Path(sys.executable).parent / "bentoml"
-    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115
-    process = subprocess.Popen(
-        [
-            str(bentoml_cli),
-            "serve",
-            "tiny_service:Tiny",
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        ready = wait_until(
-            lambda: process.poll() is None and httpx.get(f"{base}/readyz").status_code == 200, 120
-        )
-        assert ready, (tmp_path / "serve.log").read_text()[-3000:]
+    command = [str(bentoml_cli), "serve", "tiny_service:Tiny", "--port", str(port)]
+    command += ["--host", "127.0.0.1"]
+    with serving(command, env, port, tmp_path / "serve.log", cwd=tmp_path):
         # both workers up: readiness answered by one of them, so ask until both answered
         deadline = time.monotonic() + 60
         seen: set[int] = set()
@@ -252,10 +229,3 @@ def test_bentoml_serve_spreads_a_client_pool_over_both_workers(tmp_path: Path) -
         for _ in range(3):  # every burst of 32 reaches both (all to one: p = 2**-31)
             pids = asyncio.run(_pids_over_burst(port, 32))
             assert len(set(pids)) == 2, pids
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()

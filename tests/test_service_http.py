@@ -6,10 +6,6 @@ default host (loopback), its database behind a proxy the tests can cut."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,10 +17,10 @@ import pandas as pd
 import psycopg
 import pytest
 from conftest import DEMO_NOW, create_database, drop_database, seed_demo
-from service_fixtures import READY_TIMEOUT_S, DbProxy, free_port, wait_until
+from service_fixtures import DbProxy, fsp_serve, wait_until
 
 from fsp.features import build_model_input, load_history
-from fsp.settings import PROJECT_ROOT, get_settings
+from fsp.settings import get_settings
 from service.config import MAX_BATCH_SIZE, MAX_BODY_BYTES
 
 pytestmark = pytest.mark.services
@@ -72,55 +68,27 @@ def served(bento_built: dict, service_db: str) -> Iterator[dict]:
     proxy = DbProxy(service_db)
     proxy.start()
     world = bento_built["world"]
-    port = free_port()
-    env = dict(os.environ)
-    env.pop("BENTOML_HOST", None)  # `fsp serve` chooses the host: loopback by default
-    env.update(
-        BENTOML_HOME=str(bento_built["home"]),
-        BENTOML_DO_NOT_TRACK="True",
-        DATABASE_URL=proxy.url,
-        FSP_STATE_DIR=str(world["state_dir"]),
-        MLFLOW_TRACKING_URI=f"sqlite:///{world['state_dir'] / 'mlflow.db'}",
-        FSP_API_KEY=" , ".join(API_KEYS),
-    )
-    log_path = world["state_dir"] / f"serve-{port}.log"
-    log = open(log_path, "w")  # noqa: SIM115
     started = time.monotonic()
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "fsp"), "serve", "--port", str(port)],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
     try:
-        ready = wait_until(
-            lambda: process.poll() is None and httpx.get(f"{base}/readyz").status_code == 200,
-            READY_TIMEOUT_S,
-        )
-        if not ready:
-            log.flush()
-            tail = (world["state_dir"] / f"serve-{port}.log").read_text()[-3000:]
-            pytest.fail(f"the served Bento did not get ready:\n{tail}")
-        yield {
-            "base_url": base,
-            "proxy": proxy,
-            "database_url": service_db,
-            "ready_seconds": time.monotonic() - started,
-            "built": bento_built,
-            "port": port,
-            "log": log_path,
-        }
+        with fsp_serve(
+            world["state_dir"],
+            BENTOML_HOME=str(bento_built["home"]),
+            DATABASE_URL=proxy.url,
+            FSP_STATE_DIR=str(world["state_dir"]),
+            MLFLOW_TRACKING_URI=f"sqlite:///{world['state_dir'] / 'mlflow.db'}",
+            FSP_API_KEY=" , ".join(API_KEYS),
+        ) as server:
+            yield {
+                "base_url": server.base_url,
+                "proxy": proxy,
+                "database_url": service_db,
+                "ready_seconds": time.monotonic() - started,
+                "built": bento_built,
+                "port": server.port,
+                "log": server.log,
+            }
     finally:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(process.pid, signal.SIGKILL)
         proxy.stop()
-        log.close()
 
 
 def _first(url: str, sql: str):

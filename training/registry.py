@@ -308,35 +308,6 @@ def bands_tag() -> str:
     return json.dumps(dict(RISK_BANDS))
 
 
-def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
-    """Every registered version with its aliases and the tags that explain its fate."""
-    shown = (
-        "model_type",
-        "holdout_auc_roc",
-        "alert_threshold",
-        "threshold_rule",
-        "promotion.decision",
-        "promotion.reason",
-        "gate.reason",
-        "cutoff",
-    )
-    with store_errors(client_uri(client)):
-        versions = client.search_model_versions(f"name='{name}'")
-        # On SQL stores search_model_versions leaves each version's aliases empty; the
-        # registered model holds them all (alias -> version).
-        aliases = client.get_registered_model(name).aliases if versions else {}
-    rows = []
-    for v in sorted(versions, key=lambda v: int(v.version)):
-        rows.append(  # noqa: PERF401  (one readable row per version)
-            {
-                "version": v.version,
-                "aliases": sorted(a for a, held in aliases.items() if str(held) == str(v.version)),
-                **{k: v.tags.get(k) for k in shown if k in v.tags},
-            }
-        )
-    return rows
-
-
 PARAM_TEXT_MAX = 250
 """Longest parameter value logged (MLflow truncates long ones; a list longer than this
 is left out rather than cut)."""

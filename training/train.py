@@ -4,10 +4,16 @@ together as a Prefect flow."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
+import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import mlflow
 import numpy as np
@@ -46,6 +52,8 @@ from training.registry import (
     log_datasets,
     skops_trusted_types,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -261,9 +269,40 @@ def log_and_register(
     return version, metrics, threshold, rule
 
 
+REGISTRATION_NOTICES: Final = (
+    "Successfully registered model",
+    "Registered model",
+    "Created version",
+)
+"""How MLflow's registration notices begin: it prints them straight to stderr."""
+
+
+@contextlib.contextmanager
+def registration_notices_logged() -> Iterator[None]:
+    """MLflow's registration notices go to this module's log (INFO) instead of the
+    terminal, so a clean `fsp train` prints nothing on stderr; anything else printed
+    to stderr meanwhile (a warning) is passed on as it came."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    finally:
+        for line in captured.getvalue().splitlines(keepends=True):
+            if line.startswith(REGISTRATION_NOTICES):
+                log.info("mlflow: %s", line.strip())
+            else:
+                sys.stderr.write(line)
+
+
 def _log_model(best: FittedCandidate, ts: TrainingSet, settings: Settings):
     example = ts.X.head(5)
     proba = best.model.predict_proba(example)  # type: ignore[attr-defined]
+    with registration_notices_logged():
+        return _log_and_register(best, example, proba, settings)
+
+
+def _log_and_register(best: FittedCandidate, example: pd.DataFrame, proba, settings: Settings):
+    """The chosen candidate as an MLflow model, registered under the model's name."""
     return mlflow.sklearn.log_model(
         sk_model=best.model,
         name="model",

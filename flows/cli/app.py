@@ -242,8 +242,7 @@ def models(as_json: Json = False) -> None:
     """List registered versions with their aliases, metrics and gate decisions."""
 
     def body(settings: Settings) -> None:
-        from fsp.model_store import make_client  # kept off the fast path (MLflow)
-        from training.registry import list_versions
+        from fsp.model_store import list_versions, make_client  # kept off the fast path
 
         rows = list_versions(make_client(settings), settings.model_name)
         show_models(rows, settings.model_name, as_json)
