@@ -26,7 +26,7 @@ install: $(BIN)/fsp ## create .venv from the lock file (installs uv first if nee
 demo: install ## run the whole system end to end on the embedded defaults (no Docker)
 	$(BIN)/fsp demo
 
-COVERAGE_FLOOR ?= 50
+COVERAGE_FLOOR ?= 80
 
 test: install ## run the whole test suite against real services (the stack too when Docker runs), with coverage
 	$(BIN)/pytest -q --cov --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR) $(PYTEST_ARGS)

@@ -354,7 +354,10 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
         rows.append(  # noqa: PERF401  (one readable row per version)
             {
                 "version": v.version,
-                "aliases": sorted(a for a, held in aliases.items() if str(held) == str(v.version)),
+                "aliases": sorted(
+                    (a for a, held in aliases.items() if str(held) == str(v.version)),
+                    key=lambda a: (a != CHAMPION_ALIAS, a),  # the champion first
+                ),
                 **{k: v.tags.get(k) for k in shown if k in v.tags},
             }
         )

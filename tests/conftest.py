@@ -8,6 +8,7 @@ PostgreSQL (pgserver) kept under `.fsp/test-pg`."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -36,8 +37,23 @@ from fsp.settings import PROJECT_ROOT, get_settings  # noqa: E402
 
 ephemeral_prefect_defaults()
 
+SERVICES_ONLY = re.compile(r"^pytestmark = pytest\.mark\.services$", re.MULTILINE)
+"""How a module says every one of its tests needs real services."""
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under `-m "not services"` (make test-fast) a module whose every test needs real
+    services is not even imported: importing MLflow, BentoML and Prefect for tests
+    that are then deselected took most of the fast run."""
+    if config.option.markexpr.strip() != "not services" or collection_path.suffix != ".py":
+        return None
+    return True if SERVICES_ONLY.search(collection_path.read_text()) else None
+
+
 SERVER_URL = os.environ.get("DATABASE_URL")
 DEMO_NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+SCREENSHOTS = PROJECT_ROOT / ".fsp" / "screenshots"
+"""Where the browser tests leave their screenshots (kept after the run, git-ignored)."""
 
 
 @pytest.fixture(scope="session")

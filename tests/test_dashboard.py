@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from conftest import DEMO_NOW, create_database, drop_database, seed_demo
+from conftest import DEMO_NOW, SCREENSHOTS, create_database, drop_database, seed_demo
 from flow_fixtures import point_at
 from service_fixtures import fsp_serve
 
@@ -172,7 +172,7 @@ def _load(browser, base: str):
     return page, requested, response, seconds
 
 
-def test_page_shows_the_json_endpoints_numbers(browser, served: str, dashboard_world, tmp_path):
+def test_page_shows_the_json_endpoints_numbers(browser, served: str, dashboard_world):
     page, requested, response, seconds = _load(browser, served)
     assert response.status == 200
     assert response.headers["content-type"].startswith("text/html")
@@ -227,7 +227,8 @@ def test_page_shows_the_json_endpoints_numbers(browser, served: str, dashboard_w
     ]
     assert page.locator("svg").count() == 5
 
-    shot = tmp_path / "dashboard.png"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shot = SCREENSHOTS / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
     width, height = _png_size(shot)
     timing = page.evaluate(

@@ -10,15 +10,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import SCREENSHOTS
 
 from alerting.record import TutorRecord
 from alerting.render import LinkPolicy, compose_letter
-from fsp.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.services
 
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = PROJECT_ROOT / ".fsp" / "screenshots"
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 WIDTHS = (375, 800)
 SECTIONS = ("#intro", "#session-1", "#record", "#practices", "#footer")

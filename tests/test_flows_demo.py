@@ -70,6 +70,7 @@ def test_fsp_demo_runs_the_whole_loop_on_embedded_defaults(tmp_path):
         first = run_demo(state)
         seconds = time.monotonic() - started
         assert first.returncode == 0, first.stderr[-4000:]
+        assert "warning" not in first.stderr.lower(), first.stderr[-4000:]  # a clean run
         out = first.stdout
         print(out, f"\n(wall time {seconds:.0f} s)")
         assert "fsp demo: the whole loop" in out

@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -366,6 +369,20 @@ def log_candidate_run(
             mlflow.log_artifacts(tmp, artifact_path="plots")
 
 
+INTEGER_SCHEMA_HINT = "Hint: Inferred schema contains integer column"
+"""The start of MLflow's warning that an integer column cannot hold a missing value,
+given whenever it infers a schema: ours are counts the feature code always fills, so
+on every training run it would only be noise."""
+
+
+@contextmanager
+def integer_schema_hint_quiet() -> Iterator[None]:
+    """MLflow's integer-column hint silenced while it infers a schema (see above)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=INTEGER_SCHEMA_HINT, category=UserWarning)
+        yield
+
+
 def log_datasets(ts: TrainingSet, train: np.ndarray, holdout: np.ndarray) -> None:
     """The training and holdout parts as the active run's inputs: their schema, size,
     label column and fingerprint (the rows stay in PostgreSQL; nothing is copied)."""
@@ -380,11 +397,12 @@ def log_datasets(ts: TrainingSet, train: np.ndarray, holdout: np.ndarray) -> Non
                 "last_start": end,
             }
         )
-        dataset = from_pandas(
-            part.X.assign(**{TARGET_COLUMN: part.y}),
-            source=source,
-            targets=TARGET_COLUMN,
-            name=context,
-            digest=part.fingerprint,
-        )
-        mlflow.log_input(dataset, context=context)
+        with integer_schema_hint_quiet():
+            dataset = from_pandas(
+                part.X.assign(**{TARGET_COLUMN: part.y}),
+                source=source,
+                targets=TARGET_COLUMN,
+                name=context,
+                digest=part.fingerprint,
+            )
+            mlflow.log_input(dataset, context=context)

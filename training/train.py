@@ -48,6 +48,7 @@ from training.registry import (
     bands_tag,
     ensure_experiment,
     git_commit,
+    integer_schema_hint_quiet,
     log_candidate_run,
     log_datasets,
     skops_trusted_types,
@@ -297,7 +298,7 @@ def registration_notices_logged() -> Iterator[None]:
 def _log_model(best: FittedCandidate, ts: TrainingSet, settings: Settings):
     example = ts.X.head(5)
     proba = best.model.predict_proba(example)  # type: ignore[attr-defined]
-    with registration_notices_logged():
+    with registration_notices_logged(), integer_schema_hint_quiet():
         return _log_and_register(best, example, proba, settings)
 
 

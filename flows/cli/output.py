@@ -15,6 +15,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from fsp.constants import CHALLENGER_ALIAS
+
 MISSING = "—"
 
 
@@ -141,10 +143,13 @@ def models_table(rows: Sequence[Mapping[str, Any]], name: str) -> Table:
     promoted (the promotion's reason, else the gate's)."""
     table = Table(title=f"Registered versions of {name}", box=box.SIMPLE_HEAD, title_justify="left")
     for header, _ in MODEL_COLUMNS:
-        table.add_column(header, style="bold" if header == "aliases" else None)
-    table.add_column("reason", overflow="fold")
+        # whole words, never cut with "…": an alias or a decision read half is misread
+        table.add_column(header, style="bold" if header == "aliases" else None, overflow="fold")
+    table.columns[1].min_width = len(CHALLENGER_ALIAS)
+    table.add_column("reason", overflow="fold", ratio=1)
     for row in rows:
         cells = [format_value(_number(row.get(key))) for _, key in MODEL_COLUMNS]
+        cells[1] = "\n".join(row.get("aliases") or []) or MISSING  # one alias a line
         reason = row.get("promotion.reason") or row.get("gate.reason")
         table.add_row(*cells, format_value(reason))
     return table
