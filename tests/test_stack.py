@@ -296,8 +296,9 @@ def test_score_and_alerts_run_through_the_worker_and_emails_arrive(stack: Stack)
     deadline = time.monotonic() + 120
     while True:
         with stack.pg() as conn:
-            sent = conn.execute(
-                "SELECT count(*) FROM fsp.alert_deliveries WHERE status = 'sent'"
+            sent = conn.execute(  # one email per tutor and run: a letter lists sessions
+                "SELECT count(DISTINCT coalesce(letter_message_id, session_id))"
+                " FROM fsp.alert_deliveries WHERE status = 'sent'"
             ).fetchone()
             scored = conn.execute("SELECT count(*) FROM fsp.first_session_predictions").fetchone()
         messages = _mail(stack)
