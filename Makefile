@@ -32,7 +32,7 @@ test: install ## run the whole test suite against real services (the stack too w
 	$(BIN)/pytest -q --cov --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR) $(PYTEST_ARGS)
 
 test-fast: install ## only the pure-logic tests (no services)
-	$(BIN)/pytest -q -m "not services"
+	FSP_PROPERTY_EXAMPLES=50 $(BIN)/pytest -q -m "not services"
 
 fuzz: install ## schemathesis against both OpenAPI documents of a served Bento (also in `make test`)
 	$(BIN)/pytest -q -s tests/test_fuzz.py

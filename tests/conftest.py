@@ -37,7 +37,9 @@ from fsp.settings import PROJECT_ROOT, get_settings  # noqa: E402
 
 ephemeral_prefect_defaults()
 
-SERVICES_ONLY = re.compile(r"^pytestmark = pytest\.mark\.services$", re.MULTILINE)
+SERVICES_ONLY = re.compile(
+    r"^pytestmark = (pytest\.mark\.services|\[pytest\.mark\.services\b.*\])$", re.MULTILINE
+)
 """How a module says every one of its tests needs real services."""
 
 

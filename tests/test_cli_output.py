@@ -1,7 +1,9 @@
 """What `fsp` prints, as a user runs it (real subprocesses): its version, help with a
 description and a default for every option, tables by default and the same JSON as
 before with `--json`, the registry's aliases, a malformed command line in one line, and
-no warning on a clean run."""
+no warning on a clean run. The help of each command is rendered in-process by Typer's
+runner (the same app and the same Rich panels, without a Python start per command);
+`fsp --help` itself runs as a subprocess."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 
 import pytest
 import typer
+from typer.testing import CliRunner
 
 from flows.cli import app
 from fsp.constants import MONITOR_WINDOW_DAYS
@@ -57,9 +60,9 @@ def _click_command(path: tuple[str, ...]) -> Any:
 
 
 def _help(*path: str) -> str:
-    result = run_fsp(*path, "--help", env=WIDE)
-    assert result.returncode == 0, result.stderr
-    return " ".join(result.stdout.split())  # the text, whatever the panel's line breaks
+    result = CliRunner().invoke(app, [*path, "--help"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())  # the text, whatever the panel's line breaks
 
 
 # --- without services ------------------------------------------------------------------
@@ -97,7 +100,9 @@ def test_the_defaults_are_the_ones_the_commands_use():
 
 
 def test_the_top_level_help_lists_every_command():
-    text = _help()
+    result = run_fsp("--help", env=WIDE)  # the installed entry point, as a user runs it
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
     for path in COMMANDS:
         assert path[0] in text
     assert "--version" in text and "--json" not in text

@@ -12,6 +12,7 @@ so only one published strictly after the moment is late."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -183,8 +184,12 @@ def _features(case: dict, late) -> pd.DataFrame:
     return own, matched
 
 
+PROPERTY_EXAMPLES = int(os.environ.get("FSP_PROPERTY_EXAMPLES", "200"))
+"""Cases drawn per run: 200 in `make test`; `make test-fast` draws 50 (the quick loop)."""
+
+
 @settings(
-    max_examples=200,
+    max_examples=PROPERTY_EXAMPLES,
     deadline=None,
     database=None,  # nothing written into the work tree; a failure prints its case
     suppress_health_check=[HealthCheck.too_slow],
