@@ -206,8 +206,10 @@ def stack() -> Iterator[Stack]:
     s.figures["images_build_seconds"] = round(time.monotonic() - t0, 1)
     t0 = time.monotonic()
     try:
-        print(s.make("stack-up", timeout=2400).strip()[-2000:])
+        up = s.make("stack-up", timeout=2400).strip()
+        print(up[-2000:])
         s.figures["stack_up_seconds"] = round(time.monotonic() - t0, 1)
+        s.figures["bento_image"] = [li for li in up.splitlines() if li.startswith("stack-bento:")]
         s.figures["healthy_after_up_seconds"] = round(s.wait_healthy(), 1)
         yield s
     finally:
