@@ -26,7 +26,6 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 import psycopg
-from scipy.signal import lfilter
 
 from fsp.calendar import local_calendar
 from fsp.constants import (
@@ -167,6 +166,10 @@ class _DecayedIndex:
 
     @classmethod
     def build(cls, events: _EventIndex, decay: float) -> _DecayedIndex:
+        # scipy.signal costs about 2 s to import: only here, off the paths that import
+        # this module for its readers (fsp preview, the service's start)
+        from scipy.signal import lfilter
+
         sums = {
             name: np.concatenate([[0.0], lfilter([1.0], [1.0, -decay], v)])
             for name, v in events.values.items()
