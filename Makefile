@@ -17,8 +17,10 @@ $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet uv
 
+# --compile-bytecode: imports read .pyc files even where PYTHONDONTWRITEBYTECODE is set
+# (as on our CI machines); without them `import mlflow` alone took 3.5 s instead of 1.3 s.
 $(BIN)/fsp: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra dev --python $(PYTHON)
+	$(UV) sync --frozen --extra dev --compile-bytecode --python $(PYTHON)
 	@touch $@
 
 install: $(BIN)/fsp ## create .venv from the lock file (installs uv first if needed)
