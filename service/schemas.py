@@ -1,4 +1,5 @@
-"""Request and response models of the predict API (contract section 4).
+"""Request and response models of the predict API (POST /predict, /predict_batch,
+/rank_tutors).
 
 Validation is where bad input becomes a 4xx naming the field: pydantic reports
 the field's location, and the checks that need reference data (is this tutor
@@ -232,7 +233,7 @@ TutorId = Annotated[Identifier, AfterValidator(_known_tutor)]
 
 
 class SessionRequest(StudentContext):
-    """One upcoming first session to score (contract section 4)."""
+    """One upcoming first session to score, as the platform describes it."""
 
     tutor_id: TutorId
     session_id: Identifier | None = Field(
