@@ -276,6 +276,12 @@ class TutorHistory:
 
     def features(self, tutor_ids, moments) -> pd.DataFrame:
         """Tutor-history features (TUTOR_HISTORY_COLUMNS) for each (tutor, moment) pair."""
+        codes, seconds = self._asked(tutor_ids, moments)
+        return _history_columns(self, codes, seconds)
+
+    def _asked(self, tutor_ids, moments) -> tuple[np.ndarray, np.ndarray]:
+        """The tutors' codes (`UnknownTutor` naming the first one the data lacks) and the
+        moments in whole seconds, none later than what the history knows."""
         codes = _codes(self.tutor_codes, pd.Series(tutor_ids))
         if (codes < 0).any():
             unknown = pd.Series(tutor_ids)[codes < 0].iloc[0]
@@ -283,19 +289,13 @@ class TutorHistory:
         seconds = _floor_seconds(moments)
         if self.known_until is not None:
             seconds = np.minimum(seconds, _floor_seconds([self.known_until])[0])
-        return _history_columns(self, codes, seconds)
+        return codes, seconds
 
     def matched_features(self, tutor_ids, subjects, ages, moments) -> pd.DataFrame:
         """The tutor's history matched to each session (MATCHED_HISTORY_COLUMNS): its
         rated first sessions in the session's subject and with students of the
         session's student's age band, as of each moment."""
-        codes = _codes(self.tutor_codes, pd.Series(tutor_ids))
-        if (codes < 0).any():
-            unknown = pd.Series(tutor_ids)[codes < 0].iloc[0]
-            raise UnknownTutor(f"unknown tutor_id {unknown!r}")
-        seconds = _floor_seconds(moments)
-        if self.known_until is not None:
-            seconds = np.minimum(seconds, _floor_seconds([self.known_until])[0])
+        codes, seconds = self._asked(tutor_ids, moments)
         matched = self.matched_at(codes, [str(s) for s in subjects], ages, seconds)
         return pd.DataFrame(matched, columns=list(MATCHED_HISTORY_COLUMNS))
 
