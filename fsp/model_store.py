@@ -5,13 +5,10 @@ scores reads the champion through here; training writes through training.registr
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urlsplit
-from urllib.request import url2pathname
 
 import mlflow
 from mlflow import MlflowClient
@@ -27,7 +24,9 @@ from fsp.errors import (
     RegistryUnavailable,
     UnknownModelVersion,
 )
+from fsp.registry_read import version_rows
 from fsp.settings import Settings
+from fsp.store_uri import cause, local_store_path, masked_uri
 
 MLFLOW_HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
@@ -57,79 +56,9 @@ def existing_store_only() -> Iterator[None]:
         _StorePolicy.refuse_missing = before
 
 
-def masked_uri(uri: str) -> str:
-    """The URI without secrets: its user info and password-like query values become ***
-    (the rest exactly as written)."""
-    try:
-        netloc = urlsplit(uri).netloc
-    except ValueError:
-        return _scrub(uri)
-    masked = uri
-    if "@" in netloc:
-        masked = masked.replace(netloc.rpartition("@")[0] + "@", "***@", 1)
-    return _SECRET_QUERY.sub(r"\1***", masked)
-
-
-_SECRET_QUERY = re.compile(
-    r"([?&][^=&#]*(?:pass|secret|token|key|auth|cred)[^=&#]*=)[^&#]*", re.IGNORECASE
-)
-_USERINFO = re.compile(r"(?<=//)[^/\s@'\"]+@")
-
-
-def _scrub(text: str, uri: str | None = None) -> str:
-    """Text with every user info of a URL in it masked, and the store's password gone."""
-    if uri:
-        text = text.replace(uri, masked_uri(uri))
-        try:
-            password = urlsplit(uri).password
-        except ValueError:
-            password = None
-        for secret in {password, unquote(password or "")} - {None, ""}:
-            text = text.replace(str(secret), "***")
-    return _USERINFO.sub("***@", text)
-
-
-def local_store_path(uri: str) -> Path | None:
-    """The file (SQLite) or folder (file store) a local MLflow URI names; None for a
-    server, an in-memory database or a URI this cannot tell."""
-    if uri.startswith("sqlite:"):
-        from sqlalchemy.engine import make_url
-
-        try:
-            database = make_url(uri).database
-        except Exception:  # an unparsable URI: MLflow names the problem when it opens it
-            return None
-        if not database or database == ":memory:" or database.startswith("file:"):
-            return None
-        return Path(database)
-    if uri.startswith("file:"):
-        return Path(url2pathname(urlsplit(uri).path))
-    if "://" not in uri:
-        return Path(uri)
-    return None
-
-
-_ERRNO = re.compile(r"\[Errno -?\d+\][^'\"()\]]*")
-_TIMED_OUT = re.compile(r"(?:Read|Connect)? ?timed out[^'\"]*", re.IGNORECASE)
-
-
 def _cause(exc: BaseException, uri: str | None = None) -> str:
-    """What went wrong, in one short line without secrets: the OS's reason when a
-    connection failed (e.g. '[Errno 111] Connection refused'), the file for a missing
-    file, else the first line of the message."""
-    text = str(exc).strip()
-    found = _ERRNO.search(text) or _TIMED_OUT.search(text)
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    if isinstance(exc, OSError) and exc.filename and exc.strerror:
-        line = f"{exc.strerror}: {exc.filename}"
-    elif found:
-        line = found.group(0).strip().rstrip(".,:;")
-    elif first and (isinstance(exc, MlflowException) or first.startswith("(")):
-        line = first  # MLflow's and SQLAlchemy's messages name what failed themselves
-    else:
-        line = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    line = _scrub(line, uri)
-    return line if len(line) <= 240 else line[:237] + "..."
+    """`fsp.store_uri.cause`, knowing that MLflow's own messages name what failed."""
+    return cause(exc, uri, names_itself=isinstance(exc, MlflowException))
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -332,33 +261,11 @@ def missing_artifacts(client: MlflowClient, name: str, version: str | int) -> Fs
 
 
 def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
-    """Every registered version with its aliases and the tags that explain its fate
-    (`fsp models`: a read, kept here, off the training code and its imports)."""
-    shown = (
-        "model_type",
-        "holdout_auc_roc",
-        "alert_threshold",
-        "threshold_rule",
-        "promotion.decision",
-        "promotion.reason",
-        "gate.reason",
-        "cutoff",
-    )
+    """Every registered version with its aliases and the tags that explain its fate,
+    read through MLflow's client (`fsp models` reads through fsp.registry_read first)."""
     with store_errors(client_uri(client)):
         versions = client.search_model_versions(f"name='{name}'")
         # On SQL stores search_model_versions leaves each version's aliases empty; the
         # registered model holds them all (alias -> version).
         aliases = client.get_registered_model(name).aliases if versions else {}
-    rows = []
-    for v in sorted(versions, key=lambda v: int(v.version)):
-        rows.append(  # noqa: PERF401  (one readable row per version)
-            {
-                "version": v.version,
-                "aliases": sorted(
-                    (a for a, held in aliases.items() if str(held) == str(v.version)),
-                    key=lambda a: (a != CHAMPION_ALIAS, a),  # the champion first
-                ),
-                **{k: v.tags.get(k) for k in shown if k in v.tags},
-            }
-        )
-    return rows
+    return version_rows(((v.version, v.tags) for v in versions), aliases)

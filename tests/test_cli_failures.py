@@ -23,7 +23,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from fsp.errors import ModelStoreBroken, RegistryUnavailable
-from fsp.model_store import local_store_path, masked_uri, mlflow_failure, store_failure
+from fsp.model_store import mlflow_failure, store_failure
+from fsp.store_uri import local_store_path, masked_uri
 from tests.conftest import DEMO_NOW
 from tests.test_cli_training import FSP, _prefect_api
 

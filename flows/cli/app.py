@@ -242,12 +242,24 @@ def models(as_json: Json = False) -> None:
     """List registered versions with their aliases, metrics and gate decisions."""
 
     def body(settings: Settings) -> None:
-        from fsp.model_store import list_versions, make_client  # kept off the fast path
+        from fsp.registry_read import read_versions  # no MLflow: answers in under 2 s
 
-        rows = list_versions(make_client(settings), settings.model_name)
+        rows = read_versions(settings.resolved_mlflow_uri, settings.model_name)
+        if rows is None:  # a store only MLflow's client reads with certainty
+            rows = _versions_through_mlflow(settings)
         show_models(rows, settings.model_name, as_json)
 
-    run("models", body, mlflow=True)
+    run("models", body)
+
+
+def _versions_through_mlflow(settings: Settings) -> list[dict[str, Any]]:
+    """`fsp models` through MLflow's client: slower, for every store the fast reader
+    leaves to it; a missing local store is refused, never created."""
+    quiet_store_failures()
+    from fsp.model_store import existing_store_only, list_versions, make_client
+
+    with existing_store_only():
+        return list_versions(make_client(settings), settings.model_name)
 
 
 @app.command()
