@@ -30,11 +30,20 @@ demo: install ## run the whole system end to end on the embedded defaults (no Do
 
 COVERAGE_FLOOR ?= 80
 
+# pytest keeps the modules it rewrites for assertions only where bytecode may be written.
+# Where PYTHONDONTWRITEBYTECODE is set (this machine sets it) every run rewrote some 330
+# modules again, seconds of each test run; the tests may write bytecode (git-ignored).
+test test-fast fuzz stack-test: export PYTHONDONTWRITEBYTECODE :=
+
 test: install ## run the whole test suite against real services (the stack too when Docker runs), with coverage
 	$(BIN)/pytest -q --cov --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR) $(PYTEST_ARGS)
 
-test-fast: install ## only the pure-logic tests (no services)
-	FSP_PROPERTY_EXAMPLES=50 $(BIN)/pytest -q -m "not services"
+# The pure tests spread over the cores (at most 4 workers: each imports what it tests),
+# a module's tests on one worker (the models a module fits once are not fitted twice);
+# the plugins only the services tests use (schemathesis, faker) stay unloaded.
+test-fast: install ## only the pure-logic tests (no services), spread over the cores
+	FSP_PROPERTY_EXAMPLES=50 $(BIN)/pytest -q -m "not services" -n auto --maxprocesses 4 \
+		--dist loadfile -p no:schemathesis -p no:faker
 
 fuzz: install ## schemathesis against both OpenAPI documents of a served Bento (also in `make test`)
 	$(BIN)/pytest -q -s tests/test_fuzz.py

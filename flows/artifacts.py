@@ -10,8 +10,6 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from prefect.artifacts import create_markdown_artifact
-
 from fsp.errors import InvalidInput
 
 KEY_PATTERN: Final = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
@@ -64,5 +62,7 @@ def section(title: str, body: str) -> str:
 def publish(key: str, title: str, sections: Sequence[str], description: str) -> None:
     """Create the run's markdown artifact, linked to the current flow run (called from a
     synchronous flow, Prefect creates it before returning)."""
+    from prefect.artifacts import create_markdown_artifact  # only publishing needs Prefect
+
     markdown = "\n\n".join([f"# {title}", *sections])
     create_markdown_artifact(markdown=markdown, key=artifact_key(key), description=description)

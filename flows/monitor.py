@@ -17,16 +17,16 @@ interval, the drift scores, the decision and where the reports are."""
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Final
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.artifacts import MISSING, bullet_list, cell, markdown_table, publish, section
+from flows.artifacts import cell, publish
 from flows.common import parse_moment
 from flows.retrain import retrain_flow
 from flows.retrying import RETRYING
+from flows.sections import decision_text, monitor_sections
 from fsp.constants import MONITOR_WINDOW_DAYS
 from fsp.db import connection
 from fsp.errors import NotEnoughData
@@ -37,7 +37,7 @@ from monitoring.champion import Champion, champion_info, model_types
 from monitoring.decision import request_retrain, retrain_reasons
 from monitoring.index import index_reports, store_drift_scores
 from monitoring.reference import Reference, reference_features
-from monitoring.reports import DRIFT, SavedReport, build_reports, report_folder, save_reports
+from monitoring.reports import SavedReport, build_reports, report_folder, save_reports
 from monitoring.summary import summarize
 from monitoring.tracking import log_monitoring_run
 from monitoring.window import (
@@ -185,98 +185,6 @@ def log_summary(summary: dict[str, Any]) -> None:
 
 
 # --- the run's artifact -----------------------------------------------------------------
-
-
-def performance_table(summary: dict[str, Any]) -> str:
-    """Each version's live AUC beside the champion's holdout AUC and its 95 % interval."""
-    rows = []
-    for row in summary["performance"]:
-        check = row["live_check"] or {}
-        low, high = check.get("interval") or (None, None)
-        rows.append(
-            (
-                row["model_version"],
-                row["sample_size"],
-                row["auc_roc"],
-                low,
-                high,
-                check.get("champion_holdout_auc"),
-                row["precision"],
-                row["recall"],
-            )
-        )
-    headers = (
-        "version",
-        "rated sessions",
-        "live AUC",
-        "95% low",
-        "95% high",
-        "holdout AUC",
-        "precision",
-        "recall",
-    )
-    return markdown_table(headers, rows) if rows else "No rated session in the window."
-
-
-def drift_section(summary: dict[str, Any]) -> str:
-    """The drift share against its threshold and every compared feature's score."""
-    drift = summary["reports"].get(DRIFT)
-    if drift is None:
-        return "No drift report (no reference or no scored session; see the run's log)."
-    verdict = "drifted" if drift["drifted"] else "not drifted"
-    lead = (
-        f"Drift share {cell(drift['drift_share'])} (retrain above"
-        f" {cell(drift['drift_share_threshold'])}): {verdict};"
-        f" {drift['drifted_columns_count']} of {len(drift['compared_columns'])} features drifted."
-    )
-    drifted = set(drift["drifted_columns"])
-    scores = sorted(drift["feature_scores"].items(), key=lambda kv: -(kv[1] or 0.0))
-    table = markdown_table(
-        ("feature", "drift score", "drifted"), [(n, s, n in drifted) for n, s in scores]
-    )
-    return f"{lead}\n\n{table}"
-
-
-def decision_text(summary: dict[str, Any]) -> str:
-    """The decision in one paragraph: no retrain, requested, or what the retrain did."""
-    reasons = summary["retrain_reasons"]
-    if not reasons:
-        return "No retrain warranted."
-    done = summary["retrain"]
-    if done is None:
-        outcome = "retrain requested (event fsp.model.retrain-requested)"
-    elif "skipped" in done:
-        outcome = f"retrain skipped: {done['skipped']}"
-    else:
-        verdict = "promoted" if done["promoted"] else "not promoted"
-        outcome = f"retrained: version {done['version']} {verdict} ({done['gate_reason']})"
-    return f"Retrain warranted: {'; '.join(reasons)}. Then {outcome}."
-
-
-def reports_list(summary: dict[str, Any]) -> str:
-    """Where the reports are (links open the HTML pages from this machine)."""
-    items = [
-        f"{kind}: [{Path(r['html']).name}]({Path(r['html']).as_uri()}) `{r['html']}`"
-        for kind, r in summary["reports"].items()
-    ]
-    items.append(f"MLflow run: `{summary['mlflow_run_id'] or MISSING}`")
-    return bullet_list(items, "No report.")
-
-
-def monitor_sections(summary: dict[str, Any]) -> list[str]:
-    """The artifact's sections: window, performance, drift, decision, reports."""
-    lead = (
-        f"Champion version {summary['champion_version']}, window of {summary['window_days']}"
-        f" days to {summary['now']}: {summary['labelled_sessions']} rated sessions,"
-        f" {summary['scored_sessions']} scored sessions."
-    )
-    return [
-        lead,
-        section("Live performance", performance_table(summary)),
-        section("Drift", drift_section(summary)),
-        section("Decision", decision_text(summary)),
-        section("Reports", reports_list(summary)),
-    ]
 
 
 def publish_monitoring(summary: dict[str, Any]) -> None:

@@ -17,10 +17,10 @@ import psycopg
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.artifacts import markdown_table, publish, section
+from flows.artifacts import publish
 from flows.common import parse_moment
 from flows.retrying import RETRYING
-from fsp.constants import RISK_BANDS
+from flows.sections import scoring_sections
 from fsp.db import connection
 from fsp.errors import InvalidInput
 from fsp.features import TutorHistory, load_history
@@ -174,36 +174,6 @@ def log_summary(summary: dict[str, Any]) -> None:
     )
     for reason, count in summary["sessions_skipped"].items():
         logger.warning("skipped %d session(s) from the platform: %s", count, reason)
-
-
-def levels_in_band_order(levels: dict[str, int]) -> list[tuple[str, int]]:
-    """Every risk band, lowest first, with its count (0 when none scored in it)."""
-    return [(band, levels.get(band, 0)) for band, _ in RISK_BANDS]
-
-
-def scoring_sections(summary: dict[str, Any]) -> list[str]:
-    """The artifact's sections: what was scored, by risk level, and what was skipped."""
-    lead = (
-        f"Model version {summary['model_version']}, alert threshold"
-        f" {summary['alert_threshold']:.4f}, sessions starting in the next"
-        f" {summary['lookahead_hours']:g} h: {summary['sessions_scored']} scored,"
-        f" {summary['above_threshold']} at or above the threshold,"
-        f" {summary['rows_changed']} stored row(s) changed."
-    )
-    levels = markdown_table(
-        ("risk level", "sessions"), levels_in_band_order(summary["risk_levels"])
-    )
-    skipped = summary["sessions_skipped"]
-    skipped_body = (
-        markdown_table(("reason", "sessions"), sorted(skipped.items()))
-        if skipped
-        else "None: every upcoming first session could be scored."
-    )
-    return [
-        lead,
-        section("Sessions scored by risk level", levels),
-        section("Sessions skipped", skipped_body),
-    ]
 
 
 def publish_scoring(summary: dict[str, Any]) -> None:

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any, Final
-
-from mlflow import MlflowClient
-from prefect.events import emit_event
+from typing import TYPE_CHECKING, Any, Final
 
 from fsp.errors import InvalidInput
 from fsp.settings import Settings
 from monitoring.champion import tag_moment
 from monitoring.reports import SavedReport, drift_of
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,8 @@ def request_retrain(name: str, moment: datetime, reasons: list[str], version: st
     """Emit the event the prefect.yaml trigger turns into a training run. An event is a
     notification: when it cannot be sent the failure is logged and monitoring goes on
     (the flow's own retrain, when asked for, still runs)."""
+    from prefect.events import emit_event  # only emitting needs Prefect: the rest is pure
+
     try:
         event = emit_event(
             event=RETRAIN_EVENT,

@@ -29,14 +29,40 @@ def bootstrap_auc_interval(
     if len(np.unique(y)) < 2:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    aucs = []
-    for _ in range(resamples):
-        idx = rng.integers(0, len(y), len(y))
-        if 0 < y[idx].sum() < len(idx):
-            aucs.append(roc_auc_score(y[idx], p[idx]))
+    draws = [rng.integers(0, len(y), len(y)) for _ in range(resamples)]
+    aucs = np.concatenate([resampled_aucs(y, p, np.stack(c)) for c in _chunks(draws, len(y))])
     tail = (1 - INTERVAL) / 2 * 100
     low, high = np.percentile(aucs, [tail, 100 - tail])
     return float(low), float(high)
+
+
+RESAMPLE_CELLS = 2_000_000
+"""At most this many resampled sessions are ranked at once (bounds the memory)."""
+
+
+def _chunks(draws: list[np.ndarray], n: int) -> list[list[np.ndarray]]:
+    step = max(1, RESAMPLE_CELLS // max(n, 1))
+    return [draws[i : i + step] for i in range(0, len(draws), step)]
+
+
+def resampled_aucs(y: np.ndarray, p: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The AUC of each resample (a row of `idx`) that holds both classes, all at once:
+    the Mann-Whitney statistic over average ranks, which counts a tie half as
+    roc_auc_score does (the same figure, without its per-call checks: 200 calls of it
+    took seconds)."""
+    rows, n = idx.shape
+    codes = np.unique(p, return_inverse=True)[1].ravel()  # scores as dense integer ranks
+    keyed = (codes[idx] + (codes.max() + 1) * np.arange(rows)[:, None]).ravel()
+    ordered = np.sort(keyed)  # each row's keys sort apart from every other row's
+    below = np.searchsorted(ordered, keyed, "left")
+    upto = np.searchsorted(ordered, keyed, "right")
+    ranks = (below + upto + 1) / 2 - n * np.repeat(np.arange(rows), n)
+    positive = y[idx]
+    n1 = positive.sum(axis=1)
+    rank_sum = (ranks.reshape(rows, n) * positive).sum(axis=1)
+    both = (n1 > 0) & (n1 < n)
+    n1, rank_sum = n1[both], rank_sum[both]
+    return (rank_sum - n1 * (n1 + 1) / 2) / (n1 * (n - n1))
 
 
 @dataclass(frozen=True)

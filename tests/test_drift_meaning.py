@@ -20,7 +20,7 @@ from conftest import DEMO_NOW, configure_env, create_database, drop_database
 from fsp.features import MODEL_INPUT_COLUMNS
 from fsp.settings import get_settings
 from monitoring.drift import apply_view, column_kind, drift_report, drift_view
-from monitoring.live_check import bootstrap_auc_interval, live_check
+from monitoring.live_check import bootstrap_auc_interval, live_check, resampled_aucs
 
 WINDOW = 28
 
@@ -39,6 +39,21 @@ def test_every_model_column_has_a_rule_and_growth_counts_become_shares() -> None
         subject="Chess", session_count=9.0, n_ratings=5.0
     )
     assert apply_view(frame, view).loc[0, "n_ratings"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("decimals", [None, 1], ids=["distinct scores", "tied scores"])
+def test_resampled_aucs_equal_roc_auc_score_row_by_row(decimals) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(7)
+    y = (rng.random(60) < 0.25).astype(int)
+    p = rng.random(60) if decimals is None else np.round(rng.random(60), decimals)
+    idx = rng.integers(0, 60, (40, 60))
+    idx[3] = np.flatnonzero(y == 0)[0]  # one class only: no AUC, skipped
+    kept = [row for row in idx if 0 < y[row].sum() < len(row)]
+    expected = [roc_auc_score(y[row], p[row]) for row in kept]
+    assert len(kept) < len(idx)
+    assert np.allclose(resampled_aucs(y, p, idx), expected, rtol=0, atol=1e-12)
 
 
 def test_bootstrap_interval_holds_the_estimate_and_narrows_with_more_sessions() -> None:

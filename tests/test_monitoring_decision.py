@@ -14,8 +14,13 @@ import pandas as pd
 import pytest
 
 from flows.artifacts import artifact_key, cell, markdown_table
-from flows.monitor import decision_text, drift_section, performance_table
-from flows.score import levels_in_band_order, scoring_sections
+from flows.sections import (
+    decision_text,
+    drift_section,
+    levels_in_band_order,
+    performance_table,
+    scoring_sections,
+)
 from fsp.errors import InvalidInput
 from fsp.settings import Settings
 from monitoring.champion import champion_from_tags, tag_moment

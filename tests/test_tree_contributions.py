@@ -37,10 +37,15 @@ def _raw_input(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
     return frame[list(MODEL_INPUT_COLUMNS)], y
 
 
+ROWS = 800
+"""Rows the candidates are fitted on: enough for every candidate to use its features
+(the identities tested hold for any fit); the fits are most of this module's time."""
+
+
 @cache
 def _fitted(name: str, seed: int = 0):
-    """A candidate (or blend) fitted on `_raw_input(1500, seed)`, once per module."""
-    X, y = _raw_input(1500, seed)
+    """A candidate (or blend) fitted on `_raw_input(ROWS, seed)`, once per module."""
+    X, y = _raw_input(ROWS, seed)
     blend = next((b for b in BLENDS if b.name == name), None)
     if blend is not None:
         members = [c for c in CANDIDATES if c.feature_set == blend.feature_set]
@@ -50,7 +55,7 @@ def _fitted(name: str, seed: int = 0):
 
 @pytest.mark.parametrize("name", [c.name for c in (*CANDIDATES, *BLENDS)])
 def test_contributions_sum_to_the_calibrated_log_odds(name) -> None:
-    X, _ = _raw_input(1500, 0)
+    X, _ = _raw_input(ROWS, 0)
     model = ScoringModel(model=_fitted(name), version="1", threshold=0.5)
     unseen = X.head(200).assign(subject=["Robotics"] * 200)
     for rows in (X.head(300), unseen):
@@ -76,7 +81,7 @@ def test_tree_contributions_equal_the_boosters_decision_function() -> None:
 def test_every_feature_of_a_candidates_set_gets_its_reasons() -> None:
     """An extended candidate credits the extended features (so its reasons can name
     them); a base candidate never does (it does not read them)."""
-    X, _ = _raw_input(1500, 0)
+    X, _ = _raw_input(ROWS, 0)
     for candidate in CANDIDATES:
         model = ScoringModel(model=_fitted(candidate.name), version="1", threshold=0.5)
         pushes = np.abs(model.contributions(X.head(300))).sum(axis=0)
@@ -87,7 +92,7 @@ def test_every_feature_of_a_candidates_set_gets_its_reasons() -> None:
 def test_extended_boosting_risk_never_falls_with_a_worse_record() -> None:
     """The boosting candidate's monotone constraints cover the new poor rates: raising
     one, all else equal, never lowers the calibrated risk."""
-    X, _ = _raw_input(1500, 0)
+    X, _ = _raw_input(ROWS, 0)
     model = _fitted("gradient_boosting_extended")
     for feature in (f for f, sign in MONOTONE_RISK.items() if sign > 0):
         rows = pd.concat([X.head(40)] * 11, ignore_index=True)
