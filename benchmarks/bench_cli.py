@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 FSP = str(Path(sys.executable).with_name("fsp"))
 NOW = datetime(2026, 11, 1, 12, tzinfo=UTC)
 COMMANDS = (["--help"], ["--version"], ["models"], ["models", "--json"])
-THROUGH_MLFLOW = {"MLFLOW_REGISTRY_URI": "same"}
-"""Makes `fsp models` read through MLflow's client (fsp.registry_read leaves a separate
-registry URI to it; the command itself reads the tracking URI's store either way):
-the side-by-side figure for the reader that skips MLflow's import."""
+THROUGH_MLFLOW = "?timeout=20"
+"""Appended to the store's SQLite URI, it makes `fsp models` read through MLflow's
+client (fsp.registry_read leaves URIs with options to it; this option only sets
+SQLite's lock wait): the side-by-side figure for the reader that skips MLflow's import."""
 
 
 def _server_url() -> str:
@@ -85,7 +85,10 @@ def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     env = _existing_store(Path(sys.argv[2])) if len(sys.argv) > 2 else _store_with_a_champion()
     rows = [(" ".join(args), args, env) for args in COMMANDS]
-    rows.append(("models (MLflow client)", ["models"], {**env, **THROUGH_MLFLOW}))
+    state = Path(env["FSP_STATE_DIR"]).resolve()
+    store = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state / 'mlflow.db'}"
+    client_env = {**env, "MLFLOW_TRACKING_URI": store + THROUGH_MLFLOW}
+    rows.append(("models (MLflow client)", ["models"], client_env))
     for label, args, row_env in rows:
         seconds = [_fsp(args, row_env) for _ in range(runs)]
         print(

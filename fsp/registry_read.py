@@ -51,14 +51,11 @@ SHOWN_TAGS = (
 """The version tags `fsp models` shows: what the version is and why it was (not)
 promoted."""
 
-UNSUPPORTED_SETTINGS = (
-    "MLFLOW_TRACKING_AUTH",
-    "MLFLOW_WORKSPACE",
-    "MLFLOW_ENABLE_WORKSPACES",
-    "MLFLOW_REGISTRY_URI",
-)
-"""MLflow settings that change how or where the registry is read (an auth plugin,
-workspaces, a separate registry): with any of them set, MLflow's client reads."""
+UNSUPPORTED_SETTINGS = ("MLFLOW_TRACKING_AUTH", "MLFLOW_WORKSPACE", "MLFLOW_ENABLE_WORKSPACES")
+"""MLflow settings that change how the registry is read (an auth plugin, workspaces):
+with any of them set (and not to false), MLflow's client reads. (MLFLOW_REGISTRY_URI is not one: fsp reads
+its registry from the tracking URI's store, as fsp.model_store.make_client does, and
+MLflow sets that variable itself whenever a process points it at a store.)"""
 
 PAGE = 1000
 """Versions asked for per REST page."""
@@ -83,12 +80,17 @@ def version_rows(
 def read_versions(uri: str, name: str) -> list[dict[str, Any]] | None:
     """`version_rows` of model `name` in the store at `uri`, or None when this cannot
     read that store with certainty (the caller then asks MLflow's client)."""
-    if any(os.environ.get(setting) for setting in UNSUPPORTED_SETTINGS) or "'" in name:
+    if any(_set(setting) for setting in UNSUPPORTED_SETTINGS) or "'" in name:
         return None
     if uri.startswith(("http://", "https://")):
         return _rest_versions(uri, name)
     path = _sqlite_file(uri)
     return _sqlite_versions(path, name) if path is not None else None
+
+
+def _set(setting: str) -> bool:
+    """An environment variable holds a value other than empty or false."""
+    return os.environ.get(setting, "").strip().lower() not in ("", "false", "0")
 
 
 def _sqlite_file(uri: str) -> Path | None:

@@ -103,8 +103,11 @@ def test_the_store_is_at_the_schema_the_reader_was_verified_against(store) -> No
 
 
 @pytest.mark.services
-def test_sqlite_read_equals_mlflows_client(store) -> None:
+def test_sqlite_read_equals_mlflows_client(store, monkeypatch) -> None:
     path, through_client = store
+    # MLflow sets this itself in a process that pointed it at a store (fsp reads the
+    # registry of the tracking URI's store either way)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:////elsewhere/mlflow.db")
     before = path.read_bytes()
     rows = read_versions(f"sqlite:///{path}", MODEL)
     assert rows == through_client
@@ -129,6 +132,8 @@ def test_another_schema_revision_or_a_damaged_file_is_left_to_mlflow(store, tmp_
 
 @pytest.mark.services
 def test_mlflow_settings_it_does_not_apply_leave_the_read_to_mlflow(store, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_ENABLE_WORKSPACES", "false")
+    assert read_versions(f"sqlite:///{store[0]}", MODEL) == store[1]
     monkeypatch.setenv("MLFLOW_ENABLE_WORKSPACES", "true")
     assert read_versions(f"sqlite:///{store[0]}", MODEL) is None
 
