@@ -87,7 +87,8 @@ def main() -> None:
     rows = [(" ".join(args), args, env) for args in COMMANDS]
     state = Path(env["FSP_STATE_DIR"]).resolve()
     store = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state / 'mlflow.db'}"
-    client_env = {**env, "MLFLOW_TRACKING_URI": store + THROUGH_MLFLOW}
+    option = THROUGH_MLFLOW if "?" not in store else "&" + THROUGH_MLFLOW[1:]
+    client_env = {**env, "MLFLOW_TRACKING_URI": store + option}
     rows.append(("models (MLflow client)", ["models"], client_env))
     for label, args, row_env in rows:
         seconds = [_fsp(args, row_env) for _ in range(runs)]

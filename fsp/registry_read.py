@@ -59,6 +59,9 @@ MLflow sets that variable itself whenever a process points it at a store.)"""
 
 PAGE = 1000
 """Versions asked for per REST page."""
+MAX_PAGES = 100
+"""A server still paging after this many pages (or repeating a page token) is not
+answering as MLflow does: its listing is left to MLflow's client."""
 
 
 def version_rows(
@@ -208,27 +211,34 @@ def _rest_search(session: Any, uri: str, name: str) -> list[tuple[str, dict[str,
     """(version, tags) of every version, page by page; None on an unexpected answer."""
     found: list[tuple[str, dict[str, str]]] = []
     params: dict[str, Any] = {"filter": f"name='{name}'", "max_results": PAGE}
-    while True:
+    tokens: set[str] = set()
+    for _ in range(MAX_PAGES):
         body = _rest_get(session, uri, "model-versions/search", params)
         page = _rest_page(body) if body is not None else None
         if page is None:
             return None
         found.extend(page)
-        if not body.get("next_page_token"):
+        token = body.get("next_page_token") if body else None
+        if not token:
             return found
-        params = {**params, "page_token": body["next_page_token"]}
+        if str(token) in tokens:
+            return None
+        tokens.add(str(token))
+        params = {**params, "page_token": token}
+    return None
 
 
 def _rest_page(body: dict[str, Any]) -> list[tuple[str, dict[str, str]]] | None:
     """(version, tags) of one page of `model-versions/search`; None when the page is
     not of the documented shape."""
     try:
-        return [
+        page = [
             (str(v["version"]), {t["key"]: t.get("value", "") for t in v.get("tags", [])})
             for v in body.get("model_versions", [])
         ]
     except (KeyError, TypeError, AttributeError):
         return None
+    return page if all(version.isdigit() for version, _ in page) else None
 
 
 def _rest_aliases(session: Any, uri: str, name: str) -> dict[str, str] | None:

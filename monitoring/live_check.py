@@ -18,6 +18,8 @@ from sklearn.metrics import roc_auc_score
 
 BOOTSTRAP_SEED = 0
 INTERVAL = 0.95
+RESAMPLE_CELLS = 2_000_000
+"""At most this many resampled sessions are ranked at once (bounds the memory)."""
 
 
 def bootstrap_auc_interval(
@@ -29,20 +31,15 @@ def bootstrap_auc_interval(
     if len(np.unique(y)) < 2:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    draws = [rng.integers(0, len(y), len(y)) for _ in range(resamples)]
-    aucs = np.concatenate([resampled_aucs(y, p, np.stack(c)) for c in _chunks(draws, len(y))])
+    n = len(y)
+    step = max(1, RESAMPLE_CELLS // n)  # resamples ranked at once
+    aucs = []
+    for start in range(0, resamples, step):
+        rows = min(step, resamples - start)  # drawn in order: the same draws as one by one
+        aucs.append(resampled_aucs(y, p, np.stack([rng.integers(0, n, n) for _ in range(rows)])))
     tail = (1 - INTERVAL) / 2 * 100
-    low, high = np.percentile(aucs, [tail, 100 - tail])
+    low, high = np.percentile(np.concatenate(aucs), [tail, 100 - tail])
     return float(low), float(high)
-
-
-RESAMPLE_CELLS = 2_000_000
-"""At most this many resampled sessions are ranked at once (bounds the memory)."""
-
-
-def _chunks(draws: list[np.ndarray], n: int) -> list[list[np.ndarray]]:
-    step = max(1, RESAMPLE_CELLS // max(n, 1))
-    return [draws[i : i + step] for i in range(0, len(draws), step)]
 
 
 def resampled_aucs(y: np.ndarray, p: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ from fsp.errors import ModelStoreBroken, RegistryUnavailable
 from fsp.model_store import mlflow_failure, store_failure
 from fsp.store_uri import local_store_path, masked_uri
 from tests.conftest import DEMO_NOW
+from tests.service_fixtures import free_port
 from tests.test_cli_training import FSP, _prefect_api
 
 MODEL = "first-session-risk"
@@ -57,12 +58,6 @@ def one_line_failure(result: subprocess.CompletedProcess, *needles: str) -> str:
         assert needle in lines[0], lines[0]
     assert "Traceback" not in lines[0]
     return lines[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- a damaged store ---------------------------------------------------------------------
@@ -124,7 +119,7 @@ def test_train_creates_the_store_it_is_pointed_at(empty_db: str, tmp_path: Path)
 @pytest.mark.services
 @pytest.mark.parametrize("command", [("models",), ("score", "--now", NOW)], ids=lambda c: c[0])
 def test_an_unreachable_server_is_one_line_without_its_password(tmp_path: Path, command):
-    port = _free_port()
+    port = free_port()
     uri = f"http://alice:s3cret-pw@127.0.0.1:{port}"
     # MLflow's own defaults (7 retries, growing back-off) would take minutes longer
     # than this bound; ours answer after one retry.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import requests
 
 from fsp.errors import RegistryUnavailable
 from fsp.registry_read import VERIFIED_SCHEMA, read_versions, version_rows
+from tests.service_fixtures import free_port
 
 MODEL = "first-session-risk"
 
@@ -110,7 +110,7 @@ def test_sqlite_read_equals_mlflows_client(store, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:////elsewhere/mlflow.db")
     before = path.read_bytes()
     rows = read_versions(f"sqlite:///{path}", MODEL)
-    assert rows == through_client
+    assert rows is not None and rows == through_client
     assert [r["version"] for r in rows] == ["1", "2", "4"]  # the deleted one is not listed
     assert rows[2]["aliases"] == ["champion", "challenger"]
     assert rows[2]["promotion.reason"] == "gate: beats the champion"
@@ -138,19 +138,13 @@ def test_mlflow_settings_it_does_not_apply_leave_the_read_to_mlflow(store, monke
     assert read_versions(f"sqlite:///{store[0]}", MODEL) is None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(store) -> Iterator[str]:
     """A real `mlflow server` over a copy of the store."""
     folder = store[0].parent / "served"
     folder.mkdir()
     shutil.copy(store[0], folder / "mlflow.db")
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--workers", "1"]
     command += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
@@ -182,21 +176,33 @@ def test_rest_read_equals_mlflows_client(store, mlflow_server) -> None:
     assert read_versions(mlflow_server + "/", "no-such-model") == []
 
 
-class _Junk(BaseHTTPRequestHandler):
-    """A server that answers every request 200 with HTML (a proxy's login page)."""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.end_headers()
-        self.wfile.write(b"<html>sign in</html>")
-
-    def log_message(self, *args) -> None:
-        pass
+SHAPES = {
+    "html": b"<html>sign in</html>",
+    "endless pages": json.dumps({"model_versions": [], "next_page_token": "again"}).encode(),
+    "a version that is no number": json.dumps({"model_versions": [{"version": "v1"}]}).encode(),
+}
 
 
-def test_an_answer_of_another_shape_is_left_to_mlflow() -> None:
-    server = HTTPServer(("127.0.0.1", 0), _Junk)
+def _answering(body: bytes) -> type[BaseHTTPRequestHandler]:
+    class Answer(BaseHTTPRequestHandler):
+        """Answers every request 200 with the same body."""
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    return Answer
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_an_answer_of_another_shape_is_left_to_mlflow(shape: str) -> None:
+    """A proxy's login page, a server that pages for ever, a version MLflow never gives:
+    none is listed or loops; MLflow's client reads (and names what is wrong)."""
+    server = HTTPServer(("127.0.0.1", 0), _answering(SHAPES[shape]))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         assert read_versions(f"http://127.0.0.1:{server.server_port}", MODEL) is None
@@ -205,7 +211,7 @@ def test_an_answer_of_another_shape_is_left_to_mlflow() -> None:
 
 
 def test_a_server_that_is_down_is_named_without_its_password() -> None:
-    port = _free_port()
+    port = free_port()
     with pytest.raises(RegistryUnavailable) as raised:
         read_versions(f"http://alice:s3cret@127.0.0.1:{port}", MODEL)
     message = str(raised.value)
